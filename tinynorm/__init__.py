@@ -1,0 +1,23 @@
+"""tinynorm: a readable deep-learning mini-framework whose norm layers run on Numba kernels."""
+
+import numpy as np
+
+from . import nn, optim
+from .autograd import enable_grad, is_grad_enabled, no_grad
+from .creation import arange, ones, rand, randn, zeros
+from .gradcheck import GradcheckError, gradcheck
+from .ops import cat
+from .random import manual_seed
+from .tensor import Tensor, tensor
+
+float32 = np.dtype("float32")
+float64 = np.dtype("float64")
+int64 = np.dtype("int64")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GradcheckError", "Tensor", "arange", "cat", "enable_grad", "float32", "float64",
+    "gradcheck", "int64", "is_grad_enabled", "manual_seed", "nn", "no_grad", "ones", "optim",
+    "rand", "randn", "tensor", "zeros",
+]

@@ -1,0 +1,132 @@
+"""The autograd engine: `Function` (an op's forward and backward side by side) and `backward`.
+
+Every differentiable op is a `Function` subclass working on plain arrays (NumPy or CuPy):
+
+    class Mul(Function):
+        def forward(self, a, b):
+            self.a, self.b = a, b          # keep what the backward pass needs
+            return a * b
+        def backward(self, grad):
+            return grad * self.b, grad * self.a   # one gradient per input
+
+`Mul.apply(x, y)` runs `forward` on the tensors' arrays and, when a gradient is wanted, links
+the result to its inputs. The same mechanism serves fused ops: a `Function` whose forward and
+backward call Numba kernels (conv2d, cross_entropy and every norm layer) is an op like any other,
+and its backward is a closed form, not autograd through a chain of elementwise ops.
+
+`backward(root)` walks that graph once in reverse topological order, sums the gradients that
+reach a tensor along several paths, undoes broadcasting, and accumulates into the leaves' `.grad`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "enabled", True)
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager and decorator: ops inside record no graph (inference, optimizer steps)."""
+
+    def __enter__(self):
+        self.previous = is_grad_enabled()
+        _state.enabled = False
+
+    def __exit__(self, *exc):
+        _state.enabled = self.previous
+
+
+class enable_grad(no_grad):
+    """Turns graph recording back on inside a `no_grad` block."""
+
+    def __enter__(self):
+        self.previous = is_grad_enabled()
+        _state.enabled = True
+
+
+class Function:
+    """Base class of every op. Subclasses define `forward(*arrays, **params)` -> array and
+    `backward(grad)` -> one gradient (array or None) per input, or a single array for one input.
+
+    `self.needs_input_grad[i]` tells whether input i wants a gradient, so an op can skip work
+    nobody will use.
+    """
+
+    inputs: tuple
+    needs_input_grad: tuple[bool, ...]
+
+    def forward(self, *arrays, **params):
+        raise NotImplementedError
+
+    def backward(self, grad):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs: Tensor, **params) -> Tensor:
+        """Run the op on Tensors; keyword `params` (shapes, flags, integer labels) pass through."""
+        fn = cls()
+        fn.needs_input_grad = tuple(t.requires_grad for t in inputs)
+        out = fn.forward(*(t.data for t in inputs), **params)
+        if any(fn.needs_input_grad) and is_grad_enabled():
+            fn.inputs = inputs
+            return Tensor(out, requires_grad=True, _fn=fn)
+        return Tensor(out)
+
+
+def unbroadcast(grad, shape: tuple[int, ...]):
+    """Sum `grad` over the axes that broadcasting added or stretched, so it has `shape`."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
+    return grad.sum(axis=tuple(range(lead)) + stretched, keepdims=True).reshape(shape)
+
+
+def topological_order(root: Tensor) -> list[Tensor]:
+    """Tensors that need a gradient, each after all the tensors it was computed from
+    (an iterative depth-first search, so deep graphs do not hit the recursion limit)."""
+    order, visited, stack = [], set(), [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        if node._fn is not None:
+            stack.extend(
+                (p, False) for p in node._fn.inputs if p.requires_grad and id(p) not in visited
+            )
+    return order
+
+
+def backward(root: Tensor, grad) -> None:
+    """Propagate `grad` (an array shaped like `root`) back to every leaf that requires grad."""
+    grads = {id(root): grad}
+    for node in reversed(topological_order(root)):
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        fn = node._fn
+        if fn is None:
+            node._accumulate_grad(g)
+            continue
+        parent_grads = fn.backward(g)
+        if not isinstance(parent_grads, tuple):
+            parent_grads = (parent_grads,)
+        for parent, pg in zip(fn.inputs, parent_grads):
+            if pg is None or not parent.requires_grad:
+                continue
+            pg = unbroadcast(pg, parent.data.shape)
+            key = id(parent)
+            grads[key] = grads[key] + pg if key in grads else pg
+
+
+from .tensor import Tensor  # noqa: E402  (last: tensor.py imports this module in turn)

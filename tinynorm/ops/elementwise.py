@@ -1,0 +1,238 @@
+"""Elementwise ops: arithmetic with broadcasting, exp/log/sqrt, activations, casts.
+
+Each backward returns one gradient per input, shaped like the broadcast result; the engine
+sums it back to each input's own shape (`autograd.unbroadcast`).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import backend
+from ..autograd import Function
+from ..tensor import Tensor
+
+
+def as_tensor(x, like: Tensor) -> Tensor:
+    """`x` as a Tensor; a Python number takes `like`'s dtype (float32 stays float32)."""
+    if isinstance(x, Tensor):
+        return x
+    xp = backend.get_array_module(like.data)
+    if isinstance(x, numbers.Number):
+        return Tensor(xp.asarray(x, dtype=xp.result_type(like.data, x)))
+    return Tensor(xp.asarray(x))
+
+
+def _pair(a, b) -> tuple[Tensor, Tensor]:
+    if isinstance(a, Tensor):
+        return a, as_tensor(b, a)
+    return as_tensor(a, b), b
+
+
+class Add(Function):
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, grad):
+        return grad, grad
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        return a - b
+
+    def backward(self, grad):
+        return grad, -grad
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, grad):
+        a, b = self.needs_input_grad
+        return (grad * self.b if a else None), (grad * self.a if b else None)
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, grad):
+        ga = grad / self.b
+        return ga, (-ga * self.a / self.b if self.needs_input_grad[1] else None)
+
+
+class Neg(Function):
+    def forward(self, x):
+        return -x
+
+    def backward(self, grad):
+        return -grad
+
+
+class Pow(Function):
+    """x ** p for a constant real p."""
+
+    def forward(self, x, p):
+        self.x, self.p = x, p
+        return x**p
+
+    def backward(self, grad):
+        return grad * self.p * self.x ** (self.p - 1)
+
+
+class Exp(Function):
+    def forward(self, x):
+        self.y = backend.get_array_module(x).exp(x)
+        return self.y
+
+    def backward(self, grad):
+        return grad * self.y
+
+
+class Log(Function):
+    def forward(self, x):
+        self.x = x
+        return backend.get_array_module(x).log(x)
+
+    def backward(self, grad):
+        return grad / self.x
+
+
+class Sqrt(Function):
+    def forward(self, x):
+        self.y = backend.get_array_module(x).sqrt(x)
+        return self.y
+
+    def backward(self, grad):
+        return grad / (2 * self.y)
+
+
+class Abs(Function):
+    def forward(self, x):
+        self.x = x
+        return backend.get_array_module(x).abs(x)
+
+    def backward(self, grad):
+        return grad * backend.get_array_module(self.x).sign(self.x)
+
+
+class ReLU(Function):
+    """y = max(x, 0); dy/dx = 1 where x > 0."""
+
+    def forward(self, x):
+        self.mask = x > 0
+        return backend.get_array_module(x).maximum(x, 0)
+
+    def backward(self, grad):
+        return grad * self.mask
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + e^-x); dy/dx = y (1 - y)."""
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.y = 0.5 * (xp.tanh(0.5 * x) + 1)  # overflow-free form of 1 / (1 + exp(-x))
+        return self.y
+
+    def backward(self, grad):
+        return grad * self.y * (1 - self.y)
+
+
+class Tanh(Function):
+    """y = tanh x; dy/dx = 1 - y²."""
+
+    def forward(self, x):
+        self.y = backend.get_array_module(x).tanh(x)
+        return self.y
+
+    def backward(self, grad):
+        return grad * (1 - self.y * self.y)
+
+
+class Cast(Function):
+    def forward(self, x, dtype):
+        self.dtype = x.dtype
+        return x.astype(dtype, copy=False)
+
+    def backward(self, grad):
+        return grad.astype(self.dtype, copy=False)
+
+
+class ToDevice(Function):
+    def forward(self, x, device):
+        self.device = backend.device_of(x)
+        return backend.to_device(x, device)
+
+    def backward(self, grad):
+        return backend.to_device(grad, self.device)
+
+
+def add(a, b) -> Tensor:
+    return Add.apply(*_pair(a, b))
+
+
+def sub(a, b) -> Tensor:
+    return Sub.apply(*_pair(a, b))
+
+
+def mul(a, b) -> Tensor:
+    return Mul.apply(*_pair(a, b))
+
+
+def div(a, b) -> Tensor:
+    return Div.apply(*_pair(a, b))
+
+
+def neg(x: Tensor) -> Tensor:
+    return Neg.apply(x)
+
+
+def pow(x: Tensor, p: float) -> Tensor:
+    return Pow.apply(x, p=p)
+
+
+def exp(x: Tensor) -> Tensor:
+    return Exp.apply(x)
+
+
+def log(x: Tensor) -> Tensor:
+    return Log.apply(x)
+
+
+def sqrt(x: Tensor) -> Tensor:
+    return Sqrt.apply(x)
+
+
+def abs(x: Tensor) -> Tensor:
+    return Abs.apply(x)
+
+
+def relu(x: Tensor) -> Tensor:
+    return ReLU.apply(x)
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return Sigmoid.apply(x)
+
+
+def tanh(x: Tensor) -> Tensor:
+    return Tanh.apply(x)
+
+
+def cast(x: Tensor, dtype: np.dtype) -> Tensor:
+    if x.dtype == dtype:
+        return x
+    if x.requires_grad and dtype.kind != "f":
+        return Tensor(x.data.astype(dtype))  # an integer copy leaves the graph
+    return Cast.apply(x, dtype=dtype)
+
+
+def to_device(x: Tensor, device: str) -> Tensor:
+    return x if x.device == device else ToDevice.apply(x, device=device)
