@@ -173,3 +173,11 @@ def test_repr_shows_values_and_flags():
         "tensor([1., 2.], requires_grad=True)"
     )
     assert "dtype=float64" in repr(tn.tensor(np.zeros(2)))
+
+
+def test_truth_value_of_a_multi_element_tensor_is_an_error():
+    a, b = tn.tensor([1.0, 2.0]), tn.tensor([1.0, 3.0])
+    with pytest.raises(RuntimeError, match="ambiguous"):
+        bool(a == b)
+    assert a in [a]  # membership checks identity first, as in PyTorch
+    assert bool(tn.tensor([2.0]) > 1)

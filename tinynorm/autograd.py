@@ -11,8 +11,9 @@ Every differentiable op is a `Function` subclass working on plain arrays (NumPy 
 
 `Mul.apply(x, y)` runs `forward` on the tensors' arrays and, when a gradient is wanted, links
 the result to its inputs. The same mechanism serves fused ops: a `Function` whose forward and
-backward call Numba kernels (conv2d, cross_entropy and every norm layer) is an op like any other,
-and its backward is a closed form, not autograd through a chain of elementwise ops.
+backward are closed forms computed by a few array operations (conv2d as im2col + one GEMM,
+cross_entropy) or by Numba kernels (every norm layer) is an op like any other: one node in the
+graph, never autograd through a chain of small elementwise ops.
 
 `backward(root)` walks that graph once in reverse topological order, sums the gradients that
 reach a tensor along several paths, undoes broadcasting, and accumulates into the leaves' `.grad`.

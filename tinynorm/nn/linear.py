@@ -7,13 +7,10 @@ import math
 import numpy as np
 
 from .. import ops
+from ..ops.conv import pair
 from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def _reset(weight: Parameter, bias: Parameter | None) -> None:
@@ -51,8 +48,9 @@ class Conv2d(Module):
                  bias: bool = True):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (
-            _pair(kernel_size), _pair(stride), _pair(padding))
+        self.kernel_size = pair(kernel_size, "kernel_size", 1)
+        self.stride = pair(stride, "stride", 1)
+        self.padding = pair(padding, "padding", 0)
         shape = (out_channels, in_channels, *self.kernel_size)
         self.weight = Parameter(np.empty(shape, np.float32))
         self.register_parameter("bias", Parameter(np.empty(out_channels, np.float32)) if bias

@@ -28,6 +28,18 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
 
+class RemovableHandle:
+    """Returned by `register_forward_hook`: `remove()` takes the hook out again."""
+
+    def __init__(self, hooks: dict):
+        self.hooks = hooks
+
+    def remove(self) -> None:
+        self.hooks.pop(self, None)
+
+    __call__ = remove
+
+
 class Module:
     """Base class of every layer and model: override `forward`, call the module like a function."""
 
@@ -47,10 +59,13 @@ class Module:
             raise AttributeError("call super().__init__() before assigning to a Module")
         params, buffers, modules = self._parameters, self._buffers, self._modules
         if isinstance(value, (Parameter, Module)):
+            target = params if isinstance(value, Parameter) else modules
             for table in (params, buffers, modules):
-                table.pop(name, None)
+                if table is not target:  # replacing in `target` keeps the registration order
+                    table.pop(name, None)
+            self._non_persistent.discard(name)
             self.__dict__.pop(name, None)
-            (params if isinstance(value, Parameter) else modules)[name] = value
+            target[name] = value
         elif name in buffers:
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"cannot assign {type(value).__name__} to buffer '{name}' "
@@ -169,11 +184,12 @@ class Module:
                 out = result
         return out
 
-    def register_forward_hook(self, hook: Callable) -> Callable[[], None]:
-        """`hook(module, inputs, output)` runs after each forward; returns a remover."""
-        key = object()
-        self._forward_hooks[key] = hook
-        return lambda: self._forward_hooks.pop(key, None)
+    def register_forward_hook(self, hook: Callable) -> RemovableHandle:
+        """`hook(module, inputs, output)` runs after each forward and may return a replacement
+        output; `handle.remove()` (or calling the handle) unregisters it."""
+        handle = RemovableHandle(self._forward_hooks)
+        self._forward_hooks[handle] = hook
+        return handle
 
     # ---- state ------------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, Tensor]:
@@ -203,16 +219,18 @@ class Module:
             raise KeyError(
                 f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
             )
+        arrays = {}
         for key, target in own.items():
-            if key not in state_dict:
-                continue
-            value = state_dict[key]
-            array = np.asarray(value.numpy() if isinstance(value, Tensor) else value)
-            if array.shape != target.shape:
-                raise ValueError(
-                    f"load_state_dict: {key} has shape {array.shape} in the state dict "
-                    f"but {target.shape} in the module"
-                )
+            if key in state_dict:
+                value = state_dict[key]
+                arrays[key] = np.asarray(value.numpy() if isinstance(value, Tensor) else value)
+                if arrays[key].shape != target.shape:
+                    raise ValueError(
+                        f"load_state_dict: {key} has shape {arrays[key].shape} in the state "
+                        f"dict but {target.shape} in the module"
+                    )
+        for key, array in arrays.items():  # all checked first: a bad dict changes nothing
+            target = own[key]
             target.data[...] = backend.to_device(array.astype(target.dtype), target.device)
 
     # ---- dtype and device -------------------------------------------------------------

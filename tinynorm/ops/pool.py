@@ -1,0 +1,83 @@
+"""2-d max and average pooling (PyTorch's `F.max_pool2d` and `F.avg_pool2d`).
+
+Both read the windows of the padded input through the strided view of `conv.windows` and send
+gradients back with `conv.col2im`, so overlapping windows (stride < kernel) add up correctly.
+"""
+
+from __future__ import annotations
+
+from .. import backend
+from ..autograd import Function
+from ..tensor import Tensor
+from .conv import check_input, col2im, output_size, pad2d, pair, windows
+
+
+class MaxPool2d(Function):
+    """y[n, c, h, w] = max of the kh×kw window at (h·sh, w·sw) of x padded with -inf;
+    dx: each dy[n, c, h, w] goes to its window's argmax (the first one on ties)."""
+
+    def forward(self, x, kernel, stride, padding):
+        xp = backend.get_array_module(x)
+        win = windows(pad2d(x, padding, -xp.inf), kernel, stride)
+        if self.needs_input_grad[0]:
+            N, C, kh, kw, OH, OW = win.shape
+            self.argmax = win.reshape(N, C, kh * kw, OH, OW).argmax(axis=2)
+            self.x_shape, self.kernel, self.stride, self.padding = x.shape, kernel, stride, padding
+        return win.max(axis=(2, 3))
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        N, C, OH, OW = grad.shape
+        kh, kw = self.kernel
+        offsets = xp.arange(kh * kw).reshape(kh * kw, 1, 1)
+        onehot = self.argmax[:, :, None] == offsets  # (N, C, kh·kw, OH, OW)
+        dwin = (onehot * grad[:, :, None]).reshape(N, C, kh, kw, OH, OW)
+        return col2im(dwin, self.x_shape, self.stride, self.padding)
+
+
+class AvgPool2d(Function):
+    """y[n, c, h, w] = mean of the kh×kw window at (h·sh, w·sw) of x zero-padded (the padding
+    counts: divide by kh·kw); dx: each dy / (kh·kw) is added to every element of its window."""
+
+    def forward(self, x, kernel, stride, padding):
+        self.x_shape, self.kernel, self.stride, self.padding = x.shape, kernel, stride, padding
+        return windows(pad2d(x, padding, 0), kernel, stride).mean(axis=(2, 3))
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        N, C, OH, OW = grad.shape
+        kh, kw = self.kernel
+        dwin = xp.broadcast_to((grad / (kh * kw))[:, :, None, None], (N, C, kh, kw, OH, OW))
+        return col2im(dwin, self.x_shape, self.stride, self.padding)
+
+
+def _pool_params(op, x, kernel_size, stride, padding):
+    """Checked (kernel, stride, padding) pairs; stride defaults to the kernel size."""
+    check_input(op, x)
+    kernel = pair(kernel_size, f"{op} kernel_size", 1)
+    stride = kernel if stride is None else pair(stride, f"{op} stride", 1)
+    padding = pair(padding, f"{op} padding", 0)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
+    output_size(op, x.shape, kernel, stride, padding)
+    return {"kernel": kernel, "stride": stride, "padding": padding}
+
+
+def max_pool2d(
+    x: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+) -> Tensor:
+    """Max over kh×kw windows of x (N, C, H, W), padded with -inf -> (N, C, OH, OW)."""
+    return MaxPool2d.apply(x, **_pool_params("max_pool2d", x, kernel_size, stride, padding))
+
+
+def avg_pool2d(
+    x: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+) -> Tensor:
+    """Mean over kh×kw windows of x (N, C, H, W), zero-padded, padding included in the count."""
+    return AvgPool2d.apply(x, **_pool_params("avg_pool2d", x, kernel_size, stride, padding))
