@@ -1,0 +1,139 @@
+"""CPU normalization kernels: `@njit(parallel=True, cache=True)` over the (N, C, S) view.
+
+Every norm layer sees its input as x[n, c, s] (S = product of the spatial dims) and works on
+rows r = (n, c), each a contiguous run of S values. Four kernels serve every variant:
+
+    row_moments(x)                      -> per row: mean, M2 = Σ (x - mean)²
+    normalize(x, center, scale, shift, w, b)
+        y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s]
+    row_grad_sums(dy, x, center, w)     -> per row: Σ dy·w, Σ dy·w·(x - center[r])
+    combine(dy, x, center, alpha, beta, delta, w)
+        dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r]
+
+plus `column_grad_sums` for an elementwise affine (LayerNorm's weight over normalized_shape):
+per position (c, s), Σ_n dy and Σ_n dy·x̂. Which rows a statistic pools (per channel for
+BatchNorm, per row for InstanceNorm, per sample and group for GroupNorm and LayerNorm) is decided
+by the caller on the small (N, C) arrays; the kernels never need to know.
+
+`w` and `b` are (C, S) tables for an elementwise affine, or (0, 0) arrays for none (a
+per-channel affine is folded into scale/shift by the caller). Sums accumulate in float64;
+values are stored in the input's dtype. Centering on the row's mean before multiplying keeps
+float32 accurate when |mean| ≫ std.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+FLAGS = {"reassoc", "contract", "nsz"}  # SIMD reductions; keeps NaN and inf semantics
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def row_moments(x):
+    """x (N, C, S) -> mean (N, C), m2 (N, C) in float64; two passes over each cached row."""
+    N, C, S = x.shape
+    mean = np.empty((N, C))
+    m2 = np.empty((N, C))
+    for r in prange(N * C):
+        n, c = r // C, r % C
+        row = x[n, c]
+        total = 0.0
+        for i in range(S):
+            total += row[i]
+        m = total / S
+        sq = 0.0
+        for i in range(S):
+            d = row[i] - m
+            sq += d * d
+        mean[n, c] = m
+        m2[n, c] = sq
+    return mean, m2
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def normalize(x, center, scale, shift, w, b):
+    """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s]; row arrays in x's dtype."""
+    N, C, S = x.shape
+    y = np.empty_like(x)
+    elementwise = w.size > 0
+    for r in prange(N * C):
+        n, c = r // C, r % C
+        m, a, t = center[n, c], scale[n, c], shift[n, c]
+        row, out = x[n, c], y[n, c]
+        if elementwise:
+            wc, bc = w[c], b[c]
+            for i in range(S):
+                out[i] = (row[i] - m) * a * wc[i] + (t + bc[i])
+        else:
+            for i in range(S):
+                out[i] = (row[i] - m) * a + t
+    return y
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def row_grad_sums(dy, x, center, w):
+    """Per row, in float64: Σ_s dy·w and Σ_s dy·w·(x - center[r]) (w = 1 when empty)."""
+    N, C, S = x.shape
+    sum_g = np.empty((N, C))
+    sum_gx = np.empty((N, C))
+    elementwise = w.size > 0
+    for r in prange(N * C):
+        n, c = r // C, r % C
+        m = center[n, c]
+        grow, row = dy[n, c], x[n, c]
+        a = 0.0
+        b = 0.0
+        if elementwise:
+            wc = w[c]
+            for i in range(S):
+                g = np.float64(grow[i] * wc[i])
+                a += g
+                b += g * (row[i] - m)
+        else:
+            for i in range(S):
+                g = np.float64(grow[i])
+                a += g
+                b += g * (row[i] - m)
+        sum_g[n, c] = a
+        sum_gx[n, c] = b
+    return sum_g, sum_gx
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def combine(dy, x, center, alpha, beta, delta, w):
+    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r]; row arrays in x's
+    dtype. Every variant's closed-form dx has this shape once its row coefficients are known."""
+    N, C, S = x.shape
+    dx = np.empty_like(x)
+    elementwise = w.size > 0
+    for r in prange(N * C):
+        n, c = r // C, r % C
+        m, a, bt, d = center[n, c], alpha[n, c], beta[n, c], delta[n, c]
+        grow, row, out = dy[n, c], x[n, c], dx[n, c]
+        if elementwise:
+            wc = w[c]
+            for i in range(S):
+                out[i] = a * grow[i] * wc[i] + bt * (row[i] - m) + d
+        else:
+            for i in range(S):
+                out[i] = a * grow[i] + bt * (row[i] - m) + d
+    return dx
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def column_grad_sums(dy, x, center, scale):
+    """Per position (c, s), in float64: Σ_n dy and Σ_n dy·x̂ with x̂ = (x - center[r])·scale[r]
+    (the gradients of an elementwise affine b[c, s] and w[c, s])."""
+    N, C, S = x.shape
+    db = np.zeros((C, S))
+    dw = np.zeros((C, S))
+    for c in prange(C):
+        for n in range(N):
+            m, a = center[n, c], scale[n, c]
+            grow, row = dy[n, c], x[n, c]
+            for i in range(S):
+                g = np.float64(grow[i])
+                db[c, i] += g
+                dw[c, i] += g * ((row[i] - m) * a)
+    return db, dw

@@ -1,0 +1,216 @@
+"""CUDA normalization kernels: the same five functions as `cpu.py`, on CuPy arrays.
+
+`w`/`b` are None when there is no elementwise affine (a 1×1 placeholder and a flag reach the
+kernel); the row arrays (N, C) must already be contiguous and in the data's dtype.
+
+Arrays cross zero-copy through `__cuda_array_interface__`; outputs are allocated with the
+array module of the input (CuPy on a GPU; NumPy under Numba's CUDA simulator in the tests).
+
+Reductions are two-stage. Stage 1: a block of THREADS threads reduces one chunk of CHUNK values
+of one row in shared memory, so a few long rows still fill the GPU with (rows × chunks) blocks.
+Stage 2 folds the per-chunk partials of each row on the (rows, chunks) arrays: plain sums for
+gradient sums, Chan's formula for the moments (M2 = Σ M2ᵢ + Σ nᵢ (meanᵢ - mean)²). Elementwise
+kernels use one thread per value with consecutive threads on consecutive addresses (coalesced).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import config, cuda, float64
+
+# threads per block (a power of two); the simulator runs each thread in Python, so it gets fewer
+THREADS = 32 if config.ENABLE_CUDASIM else 128
+CHUNK = 8 * THREADS  # values of one row reduced by one block
+
+
+@cuda.jit(device=True)
+def _block_sum(shared, value):
+    """The sum of `value` over the block's threads (tree reduction in shared memory)."""
+    t = cuda.threadIdx.x
+    shared[t] = value
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if t < step:
+            shared[t] += shared[t + step]
+        cuda.syncthreads()
+        step //= 2
+    total = shared[0]
+    cuda.syncthreads()
+    return total
+
+
+@cuda.jit
+def _chunk_moments(x, S, chunk, mean_out, m2_out):
+    """Block (chunk j, row r): mean and M2 of x[r, j·chunk : (j+1)·chunk], two passes."""
+    j, r = cuda.blockIdx.x, cuda.blockIdx.y
+    shared = cuda.shared.array(THREADS, float64)
+    lo = j * chunk
+    hi = min(lo + chunk, S)
+    total = 0.0
+    for i in range(lo + cuda.threadIdx.x, hi, THREADS):
+        total += x[r, i]
+    m = _block_sum(shared, total) / (hi - lo)
+    sq = 0.0
+    for i in range(lo + cuda.threadIdx.x, hi, THREADS):
+        d = x[r, i] - m
+        sq += d * d
+    sq = _block_sum(shared, sq)
+    if cuda.threadIdx.x == 0:
+        mean_out[r, j] = m
+        m2_out[r, j] = sq
+
+
+@cuda.jit
+def _chunk_grad_sums(dy, x, center, w, has_w, C, S, chunk, g_out, gx_out):
+    """Block (chunk j, row r): Σ dy·w and Σ dy·w·(x - center[r]) over the chunk."""
+    j, r = cuda.blockIdx.x, cuda.blockIdx.y
+    shared = cuda.shared.array(THREADS, float64)
+    lo = j * chunk
+    hi = min(lo + chunk, S)
+    m = center[r]
+    a = 0.0
+    b = 0.0
+    for i in range(lo + cuda.threadIdx.x, hi, THREADS):
+        g = float64(dy[r, i])
+        if has_w:
+            g *= w[r % C, i]
+        a += g
+        b += g * (x[r, i] - m)
+    a = _block_sum(shared, a)
+    b = _block_sum(shared, b)
+    if cuda.threadIdx.x == 0:
+        g_out[r, j] = a
+        gx_out[r, j] = b
+
+
+@cuda.jit
+def _normalize(x, center, scale, shift, w, b, has_w, C, S, y):
+    """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s], one thread per value."""
+    k = cuda.grid(1)
+    if k >= x.size:
+        return
+    r, s = k // S, k % S
+    v = (x[r, s] - center[r]) * scale[r]
+    if has_w:
+        c = r % C
+        y[r, s] = v * w[c, s] + (shift[r] + b[c, s])
+    else:
+        y[r, s] = v + shift[r]
+
+
+@cuda.jit
+def _combine(dy, x, center, alpha, beta, delta, w, has_w, C, S, dx):
+    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r]."""
+    k = cuda.grid(1)
+    if k >= x.size:
+        return
+    r, s = k // S, k % S
+    g = dy[r, s]
+    if has_w:
+        g *= w[r % C, s]
+    dx[r, s] = alpha[r] * g + beta[r] * (x[r, s] - center[r]) + delta[r]
+
+
+@cuda.jit
+def _column_grad_sums(dy, x, center, scale, N, C, S, db, dw):
+    """Thread per position p = (c, s): Σ_n dy and Σ_n dy·x̂ (reads are coalesced over s)."""
+    p = cuda.grid(1)
+    if p >= C * S:
+        return
+    c, s = p // S, p % S
+    a = 0.0
+    b = 0.0
+    for n in range(N):
+        r = n * C + c
+        g = float64(dy[r, s])
+        a += g
+        b += g * ((x[r, s] - center[r]) * scale[r])
+    db[c, s] = a
+    dw[c, s] = b
+
+
+def _xp(x):
+    """The array module of `x`: CuPy on a GPU, NumPy under the simulator."""
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def _rows(x):
+    N, C, S = x.shape
+    return x.reshape(N * C, S)
+
+
+def _grid(size: int) -> int:
+    return max(1, math.ceil(size / THREADS))
+
+
+def _table(w, x):
+    """An affine table (C, S), or a 1×1 placeholder when there is none, and the flag."""
+    if w is None:
+        return _xp(x).zeros((1, 1), x.dtype), False
+    return w, True
+
+
+def row_moments(x, chunk: int = CHUNK):
+    """x (N, C, S) -> mean (N, C), m2 (N, C) in float64 (see cpu.row_moments)."""
+    xp = _xp(x)
+    N, C, S = x.shape
+    chunks = math.ceil(S / chunk)
+    mean = xp.empty((N * C, chunks))
+    m2 = xp.empty((N * C, chunks))
+    _chunk_moments[(chunks, N * C), THREADS](_rows(x), S, chunk, mean, m2)
+    counts = xp.asarray([min(chunk, S - j * chunk) for j in range(chunks)], dtype=np.float64)
+    row_mean = (mean * counts).sum(axis=1) / S
+    row_m2 = (m2 + counts * (mean - row_mean[:, None]) ** 2).sum(axis=1)
+    return row_mean.reshape(N, C), row_m2.reshape(N, C)
+
+
+def row_grad_sums(dy, x, center, w=None, chunk: int = CHUNK):
+    """Per row, in float64: Σ dy·w, Σ dy·w·(x - center[r]) (see cpu.row_grad_sums)."""
+    xp = _xp(x)
+    N, C, S = x.shape
+    chunks = math.ceil(S / chunk)
+    g = xp.empty((N * C, chunks))
+    gx = xp.empty((N * C, chunks))
+    _chunk_grad_sums[(chunks, N * C), THREADS](
+        _rows(dy), _rows(x), center.reshape(-1), *_table(w, x), C, S, chunk, g, gx
+    )
+    return g.sum(axis=1).reshape(N, C), gx.sum(axis=1).reshape(N, C)
+
+
+def normalize(x, center, scale, shift, w=None, b=None):
+    """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s] (see cpu.normalize)."""
+    C, S = x.shape[1:]
+    y = _xp(x).empty_like(x)
+    rows = [a.reshape(-1) for a in (center, scale, shift)]
+    w, has_w = _table(w, x)
+    b = b if has_w else w
+    _normalize[_grid(x.size), THREADS](_rows(x), *rows, w, b, has_w, C, S, _rows(y))
+    return y
+
+
+def combine(dy, x, center, alpha, beta, delta, w=None):
+    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r] (see cpu.combine)."""
+    C, S = x.shape[1:]
+    dx = _xp(x).empty_like(x)
+    rows = [a.reshape(-1) for a in (center, alpha, beta, delta)]
+    _combine[_grid(x.size), THREADS](_rows(dy), _rows(x), *rows, *_table(w, x), C, S, _rows(dx))
+    return dx
+
+
+def column_grad_sums(dy, x, center, scale):
+    """Per position (c, s), in float64: Σ_n dy and Σ_n dy·x̂ (see cpu.column_grad_sums)."""
+    xp = _xp(x)
+    N, C, S = x.shape
+    db = xp.empty((C, S))
+    dw = xp.empty((C, S))
+    _column_grad_sums[_grid(C * S), THREADS](
+        _rows(dy), _rows(x), center.reshape(-1), scale.reshape(-1), N, C, S, db, dw
+    )
+    return db, dw
