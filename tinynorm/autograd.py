@@ -69,10 +69,11 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs: Tensor, **params) -> Tensor:
-        """Run the op on Tensors; keyword `params` (shapes, flags, integer labels) pass through."""
+        """Run the op on Tensors (None for an absent optional input, such as a bias); keyword
+        `params` (shapes, flags, integer labels) pass through to `forward`."""
         fn = cls()
-        fn.needs_input_grad = tuple(t.requires_grad for t in inputs)
-        out = fn.forward(*(t.data for t in inputs), **params)
+        fn.needs_input_grad = tuple(t is not None and t.requires_grad for t in inputs)
+        out = fn.forward(*(None if t is None else t.data for t in inputs), **params)
         if any(fn.needs_input_grad) and is_grad_enabled():
             fn.inputs = inputs
             return Tensor(out, requires_grad=True, _fn=fn)
@@ -103,7 +104,9 @@ def topological_order(root: Tensor) -> list[Tensor]:
         stack.append((node, True))
         if node._fn is not None:
             stack.extend(
-                (p, False) for p in node._fn.inputs if p.requires_grad and id(p) not in visited
+                (p, False)
+                for p in node._fn.inputs
+                if p is not None and p.requires_grad and id(p) not in visited
             )
     return order
 
@@ -123,7 +126,7 @@ def backward(root: Tensor, grad) -> None:
         if not isinstance(parent_grads, tuple):
             parent_grads = (parent_grads,)
         for parent, pg in zip(fn.inputs, parent_grads):
-            if pg is None or not parent.requires_grad:
+            if pg is None or parent is None or not parent.requires_grad:
                 continue
             pg = unbroadcast(pg, parent.data.shape)
             key = id(parent)

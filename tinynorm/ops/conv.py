@@ -108,7 +108,7 @@ class Conv2d(Function):
     Y = W₂ cols + b;  dW₂ = dY colsᵀ;  dcols = W₂ᵀ dY, then dx = col2im(dcols);  db = Σ dY.
     """
 
-    def forward(self, x, weight, bias=None, *, stride, padding):
+    def forward(self, x, weight, bias, *, stride, padding):
         xp = backend.get_array_module(x)
         N, (O, C, kh, kw) = x.shape[0], weight.shape
         win = windows(pad2d(x, padding, 0), (kh, kw), stride)
@@ -129,7 +129,7 @@ class Conv2d(Function):
         xp = backend.get_array_module(grad)
         N, O, OH, OW = grad.shape
         C, kh, kw = self.w_shape[1:]
-        need_x, need_w = self.needs_input_grad[:2]
+        need_x, need_w, need_b = self.needs_input_grad
         g2 = grad.transpose(1, 0, 2, 3).reshape(O, -1)
         dw = (g2 @ self.cols.T).reshape(self.w_shape) if need_w else None
         dx = None
@@ -138,9 +138,7 @@ class Conv2d(Function):
             dwin = dcols.reshape(C, kh, kw, N, OH, OW).transpose(0, 3, 1, 2, 4, 5)
             dx_cn = col2im(dwin, (C, N, *self.x_shape[2:]), self.stride, self.padding)
             dx = xp.ascontiguousarray(dx_cn.transpose(1, 0, 2, 3))
-        if len(self.needs_input_grad) == 2:
-            return dx, dw
-        return dx, dw, (g2.sum(axis=1) if self.needs_input_grad[2] else None)
+        return dx, dw, (g2.sum(axis=1) if need_b else None)
 
 
 def conv2d(
@@ -176,5 +174,4 @@ def conv2d(
             )
     stride, padding = pair(stride, "conv2d stride", 1), pair(padding, "conv2d padding", 0)
     output_size("conv2d", x.shape, weight.shape[2:], stride, padding)
-    inputs = (x, weight) if bias is None else (x, weight, bias)
-    return Conv2d.apply(*inputs, stride=stride, padding=padding)
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding)

@@ -46,18 +46,17 @@ class Linear(Function):
     """y = x Wᵀ + b for x (..., in), W (out, in), b (out,);
     dx = dy W, dW = dyᵀ x, db = Σ dy over all but the last axis."""
 
-    def forward(self, x, weight, bias=None):
+    def forward(self, x, weight, bias):
         self.x, self.weight = x, weight
         y = x @ weight.T
         return y if bias is None else y + bias
 
     def backward(self, grad):
+        need_x, need_w, need_b = self.needs_input_grad
         g2 = grad.reshape(-1, grad.shape[-1])
-        dx = grad @ self.weight if self.needs_input_grad[0] else None
-        dw = g2.T @ self.x.reshape(-1, self.x.shape[-1]) if self.needs_input_grad[1] else None
-        if len(self.needs_input_grad) == 2:
-            return dx, dw
-        return dx, dw, (g2.sum(axis=0) if self.needs_input_grad[2] else None)
+        dx = grad @ self.weight if need_x else None
+        dw = g2.T @ self.x.reshape(-1, self.x.shape[-1]) if need_w else None
+        return dx, dw, (g2.sum(axis=0) if need_b else None)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -69,4 +68,4 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         )
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"linear: bias of shape {bias.shape} for weight {weight.shape}")
-    return Linear.apply(x, weight) if bias is None else Linear.apply(x, weight, bias)
+    return Linear.apply(x, weight, bias)
