@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 FLAGS = {"reassoc", "contract", "nsz"}  # SIMD reductions; keeps NaN and inf semantics
+COLUMN_BLOCK = 1024  # positions per task in column_grad_sums
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)
@@ -124,15 +125,20 @@ def combine(dy, x, center, alpha, beta, delta, w):
 @njit(parallel=True, cache=True, fastmath=FLAGS)
 def column_grad_sums(dy, x, center, scale):
     """Per position (c, s), in float64: Σ_n dy and Σ_n dy·x̂ with x̂ = (x - center[r])·scale[r]
-    (the gradients of an elementwise affine b[c, s] and w[c, s])."""
+    (the gradients of an elementwise affine b[c, s] and w[c, s]). Parallel over blocks of
+    positions, so a single channel (LayerNorm's (N, 1, S) view) still uses every thread."""
     N, C, S = x.shape
     db = np.zeros((C, S))
     dw = np.zeros((C, S))
-    for c in prange(C):
+    blocks = (S + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+    for k in prange(C * blocks):
+        c = k // blocks
+        lo = (k % blocks) * COLUMN_BLOCK
+        hi = min(lo + COLUMN_BLOCK, S)
         for n in range(N):
             m, a = center[n, c], scale[n, c]
             grow, row = dy[n, c], x[n, c]
-            for i in range(S):
+            for i in range(lo, hi):
                 g = np.float64(grow[i])
                 db[c, i] += g
                 dw[c, i] += g * ((row[i] - m) * a)

@@ -84,15 +84,21 @@ def test_reduce_over_a_bad_dim_is_an_error():
 def test_shape_ops_gradcheck(rng):
     x = t64(rng, 2, 3, 4)
     assert tn.gradcheck(lambda x: x.reshape(4, 6) * tn.tensor(np.arange(24.0).reshape(4, 6)), [x])
-    assert tn.gradcheck(lambda x: x.permute(2, 0, 1) * tn.tensor(np.arange(24.0).reshape(4, 2, 3)),
-                        [x])
+    assert tn.gradcheck(
+        lambda x: x.permute(2, 0, 1) * tn.tensor(np.arange(24.0).reshape(4, 2, 3)), [x]
+    )
     assert tn.gradcheck(lambda x: x.transpose(0, 1).flatten(1), [x])
 
 
 @pytest.mark.parametrize(
     "index",
-    [1, (slice(None), 2), (Ellipsis, slice(1, 3)), ([0, 0, 1], slice(None), [3, 3, 0]),
-     np.array([[1, 0], [1, 1]])],
+    [
+        1,
+        (slice(None), 2),
+        (Ellipsis, slice(1, 3)),
+        ([0, 0, 1], slice(None), [3, 3, 0]),
+        np.array([[1, 0], [1, 1]]),
+    ],
 )
 def test_indexing_forward_and_gradcheck(rng, index):
     x = t64(rng, 2, 3, 4)
@@ -108,15 +114,24 @@ def test_repeated_indices_add_their_gradients():
 
 def test_cat(rng):
     a, b = t64(rng, 2, 3), t64(rng, 2, 5)
-    np.testing.assert_array_equal(tn.cat([a, b], dim=1).numpy(),
-                                  np.concatenate([a.numpy(), b.numpy()], 1))
+    np.testing.assert_array_equal(
+        tn.cat([a, b], dim=1).numpy(), np.concatenate([a.numpy(), b.numpy()], 1)
+    )
     assert tn.gradcheck(lambda a, b: tn.cat([a, b, a], dim=-1), [a, b])
     with pytest.raises(ValueError, match="differ outside that dim"):
         tn.cat([a, b], dim=0)
 
 
-@pytest.mark.parametrize(("sa", "sb"), [((3, 4), (4, 5)), ((2, 3, 4), (4, 2)), ((4,), (4, 3)),
-                                         ((3, 4), (4,)), ((2, 1, 3, 4), (5, 4, 2))])
+@pytest.mark.parametrize(
+    ("sa", "sb"),
+    [
+        ((3, 4), (4, 5)),
+        ((2, 3, 4), (4, 2)),
+        ((4,), (4, 3)),
+        ((3, 4), (4,)),
+        ((2, 1, 3, 4), (5, 4, 2)),
+    ],
+)
 def test_matmul(rng, sa, sb):
     a, b = t64(rng, *sa), t64(rng, *sb)
     np.testing.assert_allclose((a @ b).numpy(), a.numpy() @ b.numpy())

@@ -17,7 +17,23 @@ int64 = np.dtype("int64")
 __version__ = "0.1.0"
 
 __all__ = [
-    "GradcheckError", "Tensor", "arange", "cat", "enable_grad", "float32", "float64",
-    "gradcheck", "int64", "is_grad_enabled", "manual_seed", "nn", "no_grad", "ones", "optim",
-    "rand", "randn", "tensor", "zeros",
+    "GradcheckError",
+    "Tensor",
+    "arange",
+    "cat",
+    "enable_grad",
+    "float32",
+    "float64",
+    "gradcheck",
+    "int64",
+    "is_grad_enabled",
+    "manual_seed",
+    "nn",
+    "no_grad",
+    "ones",
+    "optim",
+    "rand",
+    "randn",
+    "tensor",
+    "zeros",
 ]

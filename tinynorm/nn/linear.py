@@ -28,24 +28,34 @@ class Linear(Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(np.empty((out_features, in_features), np.float32))
-        self.register_parameter("bias", Parameter(np.empty(out_features, np.float32)) if bias
-                                else None)
+        self.register_parameter(
+            "bias", Parameter(np.empty(out_features, np.float32)) if bias else None
+        )
         _reset(self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, " \
-               f"bias={self.bias is not None}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 class Conv2d(Module):
     """2-d convolution: x (N, C_in, H, W) -> y (N, C_out, H', W'),
     H' = (H + 2·padding - kernel) // stride + 1."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        bias: bool = True,
+    ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = pair(kernel_size, "kernel_size", 1)
@@ -53,13 +63,16 @@ class Conv2d(Module):
         self.padding = pair(padding, "padding", 0)
         shape = (out_channels, in_channels, *self.kernel_size)
         self.weight = Parameter(np.empty(shape, np.float32))
-        self.register_parameter("bias", Parameter(np.empty(out_channels, np.float32)) if bias
-                                else None)
+        self.register_parameter(
+            "bias", Parameter(np.empty(out_channels, np.float32)) if bias else None
+        )
         _reset(self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )

@@ -68,15 +68,21 @@ class Module:
             target[name] = value
         elif name in buffers:
             if value is not None and not isinstance(value, Tensor):
-                raise TypeError(f"cannot assign {type(value).__name__} to buffer '{name}' "
-                                "(a Tensor or None expected)")
+                raise TypeError(
+                    f"cannot assign {type(value).__name__} to buffer '{name}' "
+                    "(a Tensor or None expected)"
+                )
             buffers[name] = value
         elif name in params and value is not None:
-            raise TypeError(f"cannot assign {type(value).__name__} to parameter '{name}' "
-                            "(use nn.Parameter or del the parameter first)")
+            raise TypeError(
+                f"cannot assign {type(value).__name__} to parameter '{name}' "
+                "(use nn.Parameter or del the parameter first)"
+            )
         elif name in modules and value is not None:
-            raise TypeError(f"cannot assign {type(value).__name__} as child module '{name}' "
-                            "(an nn.Module or None expected)")
+            raise TypeError(
+                f"cannot assign {type(value).__name__} as child module '{name}' "
+                "(an nn.Module or None expected)"
+            )
         elif name in params or name in modules:
             (params if name in params else modules)[name] = None
         else:
@@ -216,9 +222,7 @@ class Module:
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(
-                f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
-            )
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         arrays = {}
         for key, target in own.items():
             if key in state_dict:
@@ -271,7 +275,8 @@ class Module:
         return ""
 
     def __repr__(self) -> str:
-        lines = [f"  ({name}): " + repr(m).replace("\n", "\n  ") for name, m in
-                 self.named_children()]
+        lines = [
+            f"  ({name}): " + repr(m).replace("\n", "\n  ") for name, m in self.named_children()
+        ]
         head = f"{type(self).__name__}({self.extra_repr()}"
         return head + ("\n" + "\n".join(lines) + "\n)" if lines else ")")

@@ -108,7 +108,9 @@ def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     ndim = tensors[0].ndim
     shapes = [t.shape for t in tensors]
     dim = dim % ndim
-    if any(len(s) != ndim or s[:dim] + s[dim + 1 :] != shapes[0][:dim] + shapes[0][dim + 1 :]
-           for s in shapes):
+    if any(
+        len(s) != ndim or s[:dim] + s[dim + 1 :] != shapes[0][:dim] + shapes[0][dim + 1 :]
+        for s in shapes
+    ):
         raise ValueError(f"cat along dim {dim}: shapes {shapes} differ outside that dim")
     return Cat.apply(*tensors, dim=dim)

@@ -1,0 +1,470 @@
+"""Normalization layers: PyTorch's names, arguments, defaults and state_dict keys.
+
+The layers hold the parameters (γ = `weight`, β = `bias`) and the running estimates; the math
+lives in `tinynorm.ops.normalization` (functional forms) and `tinynorm.ops.norm` (the fused op).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..tensor import Tensor
+from .module import Module, Parameter
+
+
+def _check_rank(layer: Module, x: Tensor, ranks: tuple[int, ...]) -> None:
+    if x.ndim not in ranks:
+        expected = " or ".join(f"{r}D" for r in ranks)
+        raise ValueError(
+            f"{type(layer).__name__}: expected {expected} input, got {x.ndim}D "
+            f"input of shape {x.shape}"
+        )
+
+
+class _NormBase(Module):
+    """Per-channel affine γ (ones) and β (zeros), and running estimates when tracked."""
+
+    ranks: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.register_parameter(
+            "weight", Parameter(np.ones(num_features, np.float32)) if affine else None
+        )
+        self.register_parameter(
+            "bias", Parameter(np.zeros(num_features, np.float32)) if affine else None
+        )
+        if track_running_stats:
+            self.register_buffer("running_mean", Tensor(np.zeros(num_features, np.float32)))
+            self.register_buffer("running_var", Tensor(np.ones(num_features, np.float32)))
+            self.register_buffer("num_batches_tracked", Tensor(np.zeros((), np.int64)))
+        else:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(name, None)
+
+    def reset_running_stats(self) -> None:
+        for name, value in (
+            ("running_mean", 0),
+            ("running_var", 1),
+            ("running_std", 1),
+            ("num_batches_tracked", 0),
+        ):
+            if self._buffers.get(name) is not None:
+                self._buffers[name].data[...] = value
+
+    def _check(self, x: Tensor) -> None:
+        _check_rank(self, x, self.ranks)
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}): expected "
+                f"{self.num_features} channels, got input of shape {x.shape}"
+            )
+
+    def _averaging_factor(self) -> float:
+        """The weight of this batch in the running estimates: `momentum`, or 1/t for the
+        cumulative average of all t batches so far when momentum is None."""
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.data += 1
+            if self.momentum is None:
+                return 1.0 / float(self.num_batches_tracked.data)
+        return 0.0 if self.momentum is None else self.momentum
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+        )
+
+
+class _BatchNorm(_NormBase):
+    """Batch normalization (Ioffe & Szegedy 2015): per channel over N and the spatial dims,
+    y = (x - μ_B)/sqrt(σ²_B + ε)·γ + β in training, running estimates in eval;
+    running_var follows the unbiased m/(m-1)·σ²_B; momentum=None: cumulative average."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        factor = self._averaging_factor()
+        use_batch = self.training or self.running_mean is None
+        track = not self.training or self.track_running_stats
+        return ops.batch_norm(
+            x,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            use_batch,
+            factor,
+            self.eps,
+        )
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C) or (N, C, L) inputs."""
+
+    ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (N, C, H, W) inputs."""
+
+    ranks = (4,)
+
+
+class _InstanceNorm(_NormBase):
+    """Instance normalization (Ulyanov et al. 2016): per sample and channel over the spatial
+    dims. PyTorch's defaults: no affine, no running estimates."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+    ):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        factor = self._averaging_factor()
+        return ops.instance_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            factor,
+            self.eps,
+        )
+
+
+class InstanceNorm1d(_InstanceNorm):
+    ranks = (3,)
+
+
+class InstanceNorm2d(_InstanceNorm):
+    ranks = (4,)
+
+
+class _BatchRenorm(_NormBase):
+    """Batch renormalization (Ioffe 2017): batch norm whose training output is corrected
+    towards the moving averages by r = clip(σ_B/σ, 1/rmax, rmax), d = clip((μ_B - μ)/σ,
+    -dmax, dmax), held constant in the backward pass; eval uses (x - μ)/σ.
+
+    Buffers `running_mean` (μ) and `running_std` (σ) move at rate `momentum`. The limits follow
+    the paper's schedule: rmax = 1 and dmax = 0 (plain batch norm) until `warmup_steps`, then
+    linearly to `rmax` at `rmax_steps` and `dmax` at `dmax_steps`; with all three steps 0 the
+    limits are constant from the start. `current_limits` gives the (rmax, dmax) in use.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        rmax: float = 3.0,
+        dmax: float = 5.0,
+        warmup_steps: int = 5000,
+        rmax_steps: int = 40000,
+        dmax_steps: int = 25000,
+    ):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
+        if rmax < 1 or dmax < 0:
+            raise ValueError(f"need rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
+        del self.running_var
+        self.register_buffer("running_std", Tensor(np.ones(num_features, np.float32)))
+        self.rmax, self.dmax = rmax, dmax
+        self.warmup_steps, self.rmax_steps, self.dmax_steps = warmup_steps, rmax_steps, dmax_steps
+
+    @staticmethod
+    def _ramp(step: int, start: int, end: int) -> float:
+        """0 before `start`, 1 from `end` on, linear in between."""
+        if step < start:
+            return 0.0
+        return 1.0 if end <= start else min(1.0, (step - start) / (end - start))
+
+    @property
+    def current_limits(self) -> tuple[float, float]:
+        """(rmax, dmax) for the next training step."""
+        step = int(self.num_batches_tracked.data)
+        if self.warmup_steps == self.rmax_steps == self.dmax_steps == 0:
+            return self.rmax, self.dmax
+        r = 1 + (self.rmax - 1) * self._ramp(step, self.warmup_steps, self.rmax_steps)
+        d = self.dmax * self._ramp(step, self.warmup_steps, self.dmax_steps)
+        return r, d
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        rmax, dmax = self.current_limits
+        if self.training:
+            self.num_batches_tracked.data += 1
+        return ops.batch_renorm(
+            x,
+            self.running_mean,
+            self.running_std,
+            self.weight,
+            self.bias,
+            self.training,
+            self.momentum,
+            self.eps,
+            rmax,
+            dmax,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, rmax={self.rmax}, dmax={self.dmax}, "
+            f"warmup_steps={self.warmup_steps}, rmax_steps={self.rmax_steps}, "
+            f"dmax_steps={self.dmax_steps}"
+        )
+
+
+class BatchRenorm1d(_BatchRenorm):
+    ranks = (2, 3)
+
+
+class BatchRenorm2d(_BatchRenorm):
+    ranks = (4,)
+
+
+class _MeanOnlyBatchNorm(_NormBase):
+    """Mean-only batch norm (Salimans & Kingma 2016), the companion of weight normalization:
+    y = x - μ_B + β per channel (no division, no scale); eval subtracts the running mean."""
+
+    def __init__(self, num_features: int, momentum: float | None = 0.1, affine: bool = True):
+        super().__init__(num_features, 0.0, momentum, affine, track_running_stats=True)
+        del self.weight, self.running_var
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        factor = self._averaging_factor()
+        return ops.mean_only_batch_norm(x, self.running_mean, self.bias, self.training, factor)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, momentum={self.momentum}, affine={self.affine}"
+
+
+class MeanOnlyBatchNorm1d(_MeanOnlyBatchNorm):
+    ranks = (2, 3)
+
+
+class MeanOnlyBatchNorm2d(_MeanOnlyBatchNorm):
+    ranks = (4,)
+
+
+class GroupNorm(Module):
+    """Group normalization (Wu & He 2018): per sample over groups of C/G consecutive channels
+    and the spatial dims; G = 1 is LayerNorm with a per-channel affine, G = C InstanceNorm."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        if num_groups < 1 or num_channels % num_groups:
+            raise ValueError(
+                f"GroupNorm: num_groups {num_groups} must divide num_channels {num_channels}"
+            )
+        self.num_groups, self.num_channels, self.eps, self.affine = (
+            num_groups,
+            num_channels,
+            eps,
+            affine,
+        )
+        self.register_parameter(
+            "weight", Parameter(np.ones(num_channels, np.float32)) if affine else None
+        )
+        self.register_parameter(
+            "bias", Parameter(np.zeros(num_channels, np.float32)) if affine else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"GroupNorm: expected input (N, {self.num_channels}, ...), got shape {x.shape}"
+            )
+        return ops.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+class LayerNorm(Module):
+    """Layer normalization (Ba et al. 2016): per example over the last len(normalized_shape)
+    dims, with an elementwise affine over normalized_shape."""
+
+    def __init__(
+        self,
+        normalized_shape,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+    ):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+        self.normalized_shape, self.eps = tuple(shape), eps
+        self.elementwise_affine = elementwise_affine
+        self.register_parameter(
+            "weight",
+            Parameter(np.ones(self.normalized_shape, np.float32)) if elementwise_affine else None,
+        )
+        self.register_parameter(
+            "bias",
+            Parameter(np.zeros(self.normalized_shape, np.float32))
+            if elementwise_affine and bias
+            else None,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        )
+
+
+class BatchInstanceNorm2d(_NormBase):
+    """Batch-instance normalization (Nam & Kim 2018): y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β with a
+    learned gate ρ per channel, initialized to 1 (pure batch norm) and kept in [0, 1] (clipped
+    before each training forward). x̂_BN uses batch statistics in training, running estimates
+    in eval; x̂_IN always the sample's own."""
+
+    ranks = (4,)
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.rho = Parameter(np.ones(num_features, np.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        if self.training:
+            self.rho.data[...] = self.rho.data.clip(0, 1)
+        factor = self._averaging_factor()
+        use_batch = self.training or self.running_mean is None
+        return ops.batch_instance_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.rho,
+            self.weight,
+            self.bias,
+            use_batch,
+            factor,
+            self.eps,
+        )
+
+
+class SwitchableNorm2d(_NormBase):
+    """Switchable normalization (Luo et al. 2018): the statistics are softmax-weighted mixtures
+    of instance, layer and batch statistics, μ = Σ_k softmax(λ)_k μ_k and σ² = Σ_k
+    softmax(λ')_k σ²_k for k = (IN, LN, BN), y = γ (x - μ)/sqrt(σ² + ε) + β. The importance
+    logits λ = `mean_weight`, λ' = `var_weight` start equal (ones). The LN and BN moments are
+    derived from the IN moments, so one pass over the data serves all three; the BN part uses
+    running estimates in eval."""
+
+    ranks = (4,)
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.mean_weight = Parameter(np.ones(3, np.float32))
+        self.var_weight = Parameter(np.ones(3, np.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        factor = self._averaging_factor()
+        use_batch = self.training or self.running_mean is None
+        return ops.switchable_norm(
+            x,
+            self.mean_weight,
+            self.var_weight,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            use_batch,
+            factor,
+            self.eps,
+        )
+
+
+class BatchLayerNorm(_NormBase):
+    """Batch-layer normalization (Ziaee & Çano 2022, arXiv 2209.08898).
+
+    Specification (from the paper and its authors' reference code, fitted to tinynorm's
+    patterns): with x̂_BN normalized per channel over N and the spatial dims (batch norm) and
+    x̂_LN per example over all channels and spatial dims (layer norm), each with ε added to
+    the variance, and m the training mini-batch size,
+
+        y = γ · ((1/m - δ)·x̂_LN + (1 - 1/m - δ)·x̂_BN) / sqrt(C) + β,   δ = 1e-4,
+
+    so small batches lean on the example's own statistics and large batches on the batch's;
+    γ, β are per channel (ones, zeros). The reference code takes ε = 1e-3 and divides by
+    sqrt(C), the number of features; both are kept here. At inference the batch part uses
+    population statistics (`running_mean`, `running_var`, updated like BatchNorm's; momentum=
+    None gives the cumulative average the paper uses) or, with `eval_batch_stats=True`, the
+    statistics of the batch at hand — the paper's two inference options. m at inference is the
+    last training batch size (buffer `batch_size`), so the mix does not change with the size
+    of the test batch.
+
+    Differences from the reference code: it computes batch statistics per feature position
+    and layer statistics over the last axis only; here they use the BN and LN patterns of the
+    other tinynorm layers (per channel; per example), as the specification of tinynorm asks.
+    """
+
+    ranks = (2, 3, 4)
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-3,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        eval_batch_stats: bool = False,
+    ):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
+        self.eval_batch_stats = eval_batch_stats
+        self.register_buffer("batch_size", Tensor(np.zeros((), np.int64)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        factor = self._averaging_factor()
+        if self.training:
+            self.batch_size.data[...] = x.shape[0]
+        m = int(self.batch_size.data) or x.shape[0]
+        fixed = not self.training and not self.eval_batch_stats
+        return ops.batch_layer_norm(
+            x,
+            self.running_mean if self.training or fixed else None,
+            self.running_var,
+            self.weight,
+            self.bias,
+            not fixed,
+            factor,
+            self.eps,
+            batch_size=m,
+        )

@@ -1,0 +1,190 @@
+"""Normalization as one fused op, computed by the kernels of `tinynorm.kernels`.
+
+Every norm layer views its input as x[n, c, s] (S = product of the spatial dims) and a
+statistic pools some rows r = (n, c) of that view (a `Pattern`):
+
+    BatchNorm       per channel, over all samples     Pattern(groups=C, over_batch=True)
+    InstanceNorm    per row                           Pattern(groups=C, over_batch=False)
+    GroupNorm       per sample and group of channels  Pattern(groups=G, over_batch=False)
+    LayerNorm       per sample                        Pattern(groups=1, over_batch=False)
+
+`Normalize` computes, with μ and ρ = 1/sqrt(σ² + ε) given per row as (N, C) arrays,
+
+    x̂ = (x - μ)·ρ,   x̃ = r·x̂ + d,   y = γ·x̃ + β
+
+(r, d: batch renorm's per-channel constants, else 1 and 0). Its backward is the closed form of
+the seeds. With m values per statistic, dx̂ = r·γ·dy, and the means ⟨·⟩ over each statistic:
+
+    batch mean and variance:  dx = ρ·(dx̂ - ⟨dx̂⟩ - x̂·⟨dx̂·x̂⟩)      (BN, GN, LN, IN, BRN)
+    batch mean only:          dx = ρ·(dx̂ - ⟨dx̂⟩)                   (mean-only BN)
+    fixed statistics:         dx = ρ·dx̂                             (running estimates)
+    dβ = Σ dy,  dγ = Σ dy·x̃  (over N and S for a per-channel affine, over N for an elementwise one)
+
+Every dx above is alpha·dy + beta·(x - μ) + delta with per-row coefficients, which is what the
+`combine` kernel computes: one pass for the row sums Σdy and Σdy·(x - μ), one pass for dx.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .. import backend, kernels
+from ..autograd import Function
+from ..tensor import Tensor
+
+GRAD_MODES = ("mean_var", "mean", "none")
+
+
+class Pattern(NamedTuple):
+    """Which rows one statistic pools: the C channels form `groups` runs of consecutive
+    channels, and a statistic covers one run of one sample, or of every sample if `over_batch`."""
+
+    groups: int
+    over_batch: bool
+
+    def pool(self, rows):
+        """Sum a per-row array (N, C) over each statistic's rows, broadcast back to (N, C)."""
+        xp = backend.get_array_module(rows)
+        N, C = rows.shape
+        grouped = rows.reshape(N, self.groups, C // self.groups)
+        total = grouped.sum(axis=(0, 2) if self.over_batch else 2, keepdims=True)
+        return xp.broadcast_to(total, grouped.shape).reshape(N, C)
+
+    def count(self, shape: tuple[int, int, int]) -> int:
+        """m: how many values one statistic averages, for an (N, C, S) view."""
+        N, C, S = shape
+        return (N if self.over_batch else 1) * (C // self.groups) * S
+
+
+def pooled_moments(row_mean, row_m2, S: int, pattern: Pattern):
+    """Mean and biased variance of each statistic of `pattern`, per row (N, C), from each
+    row's mean and M2 = Σ_s (x - mean_row)² (S values a row). Rows pool exactly with
+    M2 = Σ M2_row + S·Σ (mean_row - mean)²: no E[x²] - E[x]² cancellation."""
+    m = pattern.count((*row_mean.shape, S))
+    mean = pattern.pool(row_mean) * (S / m)
+    var = pattern.pool(row_m2 + S * (row_mean - mean) ** 2) / m
+    return mean, var
+
+
+def moments(x3, pattern: Pattern):
+    """Mean and biased variance of each statistic of `pattern` over x (N, C, S), per row, in
+    float64: one kernel pass for the row moments, then pooling on the small (N, C) arrays."""
+    row_mean, row_m2 = kernels.row_moments(x3)
+    return pooled_moments(row_mean, row_m2, x3.shape[2], pattern)
+
+
+def channel(a, C: int):
+    """A per-channel array (C,) as a (1, C) row argument; None stays None."""
+    return None if a is None else a.reshape(1, C)
+
+
+class Normalize(Function):
+    """y = γ·(r·(x - μ)·ρ + d) + β over one `Pattern` (see the module docstring)."""
+
+    def forward(
+        self,
+        x,
+        weight,
+        bias,
+        *,
+        view,
+        pattern,
+        mean,
+        rstd,
+        grad_mode,
+        r=None,
+        d=None,
+        elementwise=False,
+    ):
+        x3 = x.reshape(view)
+        C = view[1]
+        self.x3, self.shape, self.pattern, self.grad_mode = x3, x.shape, pattern, grad_mode
+        self.mean, self.rstd, self.elementwise = mean, rstd, elementwise
+        self.r, self.d, self.weight, self.bias = channel(r, C), channel(d, C), weight, bias
+        if elementwise:  # LayerNorm: γ and β span the normalized shape, a (1, S) table
+            table = [None if t is None else t.reshape(view[1:]) for t in (weight, bias)]
+            y = kernels.normalize(x3, mean, rstd, 0, *table)
+        else:
+            scale = rstd if r is None else rstd * self.r
+            shift = 0 if d is None else self.d
+            if weight is not None:
+                scale, shift = scale * channel(weight, C), shift * channel(weight, C)
+            if bias is not None:
+                shift = shift + channel(bias, C)
+            y = kernels.normalize(x3, mean, scale, shift)
+        return y.reshape(x.shape)
+
+    def backward(self, grad):
+        x3, pattern, rstd, C = self.x3, self.pattern, self.rstd, self.x3.shape[1]
+        dy = grad.reshape(x3.shape)
+        need_x, need_w, need_b = self.needs_input_grad
+        w_table = None
+        if self.elementwise and self.weight is not None:
+            w_table = self.weight.reshape(x3.shape[1:])
+        sum_dy, sum_dyx = kernels.row_grad_sums(dy, x3, self.mean, w_table)
+        dw = db = None
+        if self.elementwise:  # sums above already carry γ; the affine's grads need a column pass
+            g = 1
+            if need_w or need_b:
+                db, dw = kernels.column_grad_sums(dy, x3, self.mean, rstd)
+                db, dw = (db if need_b else None), (dw if need_w else None)
+        else:
+            g = 1 if self.r is None else self.r  # dx̂ = g·dy per channel
+            if self.weight is not None:
+                g = g * channel(self.weight, C)
+            if need_w:
+                xt = sum_dyx * rstd * (1 if self.r is None else self.r)
+                if self.d is not None:
+                    xt = xt + sum_dy * self.d
+                dw = xt.sum(axis=0)
+            if need_b:
+                db = sum_dy.sum(axis=0)
+        dx = None
+        if need_x:
+            m = pattern.count(x3.shape)
+            mean_dxh = pattern.pool(g * sum_dy) / m
+            mean_dxh_xh = pattern.pool(g * sum_dyx * rstd) / m
+            alpha = rstd * g
+            beta = -rstd * rstd * mean_dxh_xh if self.grad_mode == "mean_var" else 0
+            delta = -rstd * mean_dxh if self.grad_mode != "none" else 0
+            dx = kernels.combine(dy, x3, self.mean, alpha, beta, delta, w_table).reshape(self.shape)
+        return dx, cast_grad(dw, self.weight), cast_grad(db, self.bias)
+
+
+def cast_grad(g, like):
+    """A parameter gradient (float64 sums) in the parameter's dtype and shape."""
+    return None if g is None else g.astype(like.dtype).reshape(like.shape)
+
+
+def normalize(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    *,
+    view,
+    pattern: Pattern,
+    mean,
+    rstd,
+    grad_mode: str,
+    r=None,
+    d=None,
+    elementwise: bool = False,
+) -> Tensor:
+    """y = γ·(r·(x - μ)·ρ + d) + β; `view` is the (N, C, S) shape the pattern applies to,
+    `mean`/`rstd` the statistics per row (broadcastable to (N, C)); `grad_mode` says which of
+    them depend on x: "mean_var" (batch statistics), "mean" (mean-only) or "none" (fixed)."""
+    if grad_mode not in GRAD_MODES:
+        raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
+    return Normalize.apply(
+        x,
+        weight,
+        bias,
+        view=view,
+        pattern=pattern,
+        mean=mean,
+        rstd=rstd,
+        grad_mode=grad_mode,
+        r=r,
+        d=d,
+        elementwise=elementwise,
+    )

@@ -1,0 +1,414 @@
+"""The functional norm layers (PyTorch's names and signatures where PyTorch has them).
+
+Each variant is a few lines over `norm.py`: choose the `Pattern` its statistics pool, compute
+batch statistics with the `moments` kernel or take running estimates, update the running
+estimates in place, and call the one fused `normalize` op.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import backend, kernels
+from ..tensor import Tensor
+from .norm import Pattern, moments, normalize, pooled_moments
+from .norm_mixed import Part, mixed_normalize, switchable_normalize, switchable_stats
+from .softmax import softmax
+
+
+def nc_view(x: Tensor, op: str, num_channels: int | None = None) -> tuple[int, int, int]:
+    """(N, C, S) for an input (N, C, *spatial), or an error naming what is wrong with it."""
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: expected a floating-point input, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"{op}: expected an input (N, C, ...), got shape {x.shape}")
+    n, c = x.shape[:2]
+    if num_channels is not None and c != num_channels:
+        raise ValueError(
+            f"{op}: expected {num_channels} channels, got input of shape {x.shape} with {c}"
+        )
+    return n, c, math.prod(x.shape[2:])
+
+
+def _rows(x: Tensor, view) -> object:
+    return x.data.reshape(view)
+
+
+def _rstd(var, eps: float):
+    return 1.0 / backend.get_array_module(var).sqrt(var + eps)
+
+
+def _blend(buffer: Tensor, value, momentum: float) -> None:
+    """buffer ← (1 - momentum)·buffer + momentum·value, in place (a running estimate)."""
+    buffer.data[...] = (1 - momentum) * buffer.data + momentum * value
+
+
+def _check_training_batch(x: Tensor, view) -> None:
+    if view[0] * view[2] == 1:
+        raise ValueError(
+            f"expected more than 1 value per channel when training, got input of shape {x.shape}"
+        )
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """y = (x - μ)/sqrt(σ² + ε)·γ + β per channel. Training: batch μ, σ² (biased), and the
+    running estimates move by `momentum` towards μ and the unbiased m/(m-1)·σ². Eval: running."""
+    view = nc_view(input, "batch_norm", None if weight is None else weight.shape[0])
+    C = view[1]
+    pattern = Pattern(C, True)
+    if training:
+        _check_training_batch(input, view)
+        mean, var = moments(_rows(input, view), pattern)
+        if running_mean is not None:
+            m = pattern.count(view)
+            _blend(running_mean, mean[0], momentum)
+            _blend(running_var, var[0] * (m / (m - 1)), momentum)
+        return normalize(
+            input,
+            weight,
+            bias,
+            view=view,
+            pattern=pattern,
+            mean=mean,
+            rstd=_rstd(var, eps),
+            grad_mode="mean_var",
+        )
+    if running_mean is None:
+        raise ValueError("batch_norm in eval mode needs running_mean and running_var")
+    return normalize(
+        input,
+        weight,
+        bias,
+        view=view,
+        pattern=pattern,
+        mean=running_mean.data.reshape(1, C),
+        rstd=_rstd(running_var.data, eps).reshape(1, C),
+        grad_mode="none",
+    )
+
+
+def batch_renorm(
+    input: Tensor,
+    running_mean: Tensor,
+    running_std: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    rmax: float = 1.0,
+    dmax: float = 0.0,
+) -> Tensor:
+    """Batch renormalization (Ioffe 2017), per channel, with moving μ and σ:
+    train: x̂ = (x - μ_B)/σ_B·r + d, σ_B = sqrt(σ²_B + ε), r = clip(σ_B/σ, 1/rmax, rmax),
+    d = clip((μ_B - μ)/σ, -dmax, dmax), r and d constant in the backward pass; then
+    μ += momentum·(μ_B - μ), σ += momentum·(σ_B - σ).  eval: x̂ = (x - μ)/σ."""
+    view = nc_view(input, "batch_renorm", None if weight is None else weight.shape[0])
+    C = view[1]
+    pattern = Pattern(C, True)
+    if not training:
+        return normalize(
+            input,
+            weight,
+            bias,
+            view=view,
+            pattern=pattern,
+            mean=running_mean.data.reshape(1, C),
+            rstd=(1.0 / running_std.data).reshape(1, C),
+            grad_mode="none",
+        )
+    _check_training_batch(input, view)
+    xp = backend.get_array_module(input.data)
+    mean, var = moments(_rows(input, view), pattern)
+    mu_b, sigma_b = mean[0], xp.sqrt(var[0] + eps)
+    mu, sigma = running_mean.data, running_std.data
+    r = xp.clip(sigma_b / sigma, 1 / rmax, rmax)
+    d = xp.clip((mu_b - mu) / sigma, -dmax, dmax)
+    _blend(running_mean, mu_b, momentum)
+    _blend(running_std, sigma_b, momentum)
+    return normalize(
+        input,
+        weight,
+        bias,
+        view=view,
+        pattern=pattern,
+        mean=mean,
+        rstd=_rstd(var, eps),
+        grad_mode="mean_var",
+        r=r,
+        d=d,
+    )
+
+
+def mean_only_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+) -> Tensor:
+    """Mean-only batch norm (Salimans & Kingma 2016): y = x - μ + β per channel, no division;
+    μ is the batch mean in training (the running mean moves towards it), the running mean in
+    eval."""
+    view = nc_view(input, "mean_only_batch_norm", None if bias is None else bias.shape[0])
+    C = view[1]
+    pattern = Pattern(C, True)
+    if training:
+        _check_training_batch(input, view)
+        mean, _ = moments(_rows(input, view), pattern)
+        if running_mean is not None:
+            _blend(running_mean, mean[0], momentum)
+        return normalize(
+            input, None, bias, view=view, pattern=pattern, mean=mean, rstd=1.0, grad_mode="mean"
+        )
+    return normalize(
+        input,
+        None,
+        bias,
+        view=view,
+        pattern=pattern,
+        mean=running_mean.data.reshape(1, C),
+        rstd=1.0,
+        grad_mode="none",
+    )
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """y = (x - μ)/sqrt(σ² + ε)·γ + β with μ, σ² over the spatial dims of each sample and
+    channel. Running estimates, when given, move towards the batch average of the instance
+    means and unbiased variances; with use_input_stats=False they replace the instance stats."""
+    view = nc_view(input, "instance_norm", None if weight is None else weight.shape[0])
+    _, C, S = view
+    pattern = Pattern(C, False)
+    if not use_input_stats:
+        return normalize(
+            input,
+            weight,
+            bias,
+            view=view,
+            pattern=pattern,
+            mean=running_mean.data.reshape(1, C),
+            rstd=_rstd(running_var.data, eps).reshape(1, C),
+            grad_mode="none",
+        )
+    if S == 1:
+        raise ValueError(
+            f"instance_norm: expected more than 1 spatial value per channel, got input of shape "
+            f"{input.shape}"
+        )
+    mean, var = moments(_rows(input, view), pattern)
+    if running_mean is not None:
+        _blend(running_mean, mean.mean(axis=0), momentum)
+        _blend(running_var, (var * (S / (S - 1))).mean(axis=0), momentum)
+    return normalize(
+        input,
+        weight,
+        bias,
+        view=view,
+        pattern=pattern,
+        mean=mean,
+        rstd=_rstd(var, eps),
+        grad_mode="mean_var",
+    )
+
+
+def group_norm(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """y = (x - μ)/sqrt(σ² + ε)·γ + β with μ, σ² over each sample's group of C/G consecutive
+    channels and all spatial positions; γ, β per channel."""
+    view = nc_view(input, "group_norm", None if weight is None else weight.shape[0])
+    C = view[1]
+    if num_groups < 1 or C % num_groups:
+        raise ValueError(f"group_norm: num_groups {num_groups} must divide the {C} channels")
+    pattern = Pattern(num_groups, False)
+    mean, var = moments(_rows(input, view), pattern)
+    return normalize(
+        input,
+        weight,
+        bias,
+        view=view,
+        pattern=pattern,
+        mean=mean,
+        rstd=_rstd(var, eps),
+        grad_mode="mean_var",
+    )
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """y = (x - μ)/sqrt(σ² + ε)·γ + β with μ, σ² over the last len(normalized_shape) dims of
+    each example; γ, β elementwise over normalized_shape."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(shape)
+    if input.dtype.kind != "f":
+        raise TypeError(f"layer_norm: expected a floating-point input, got dtype {input.dtype}")
+    if k == 0 or input.ndim < k or tuple(input.shape[input.ndim - k :]) != shape:
+        raise ValueError(
+            f"layer_norm: input of shape {input.shape} does not end with normalized_shape {shape}"
+        )
+    view = (math.prod(input.shape[: input.ndim - k]), 1, math.prod(shape))
+    pattern = Pattern(1, False)
+    mean, var = moments(_rows(input, view), pattern)
+    return normalize(
+        input,
+        weight,
+        bias,
+        view=view,
+        pattern=pattern,
+        mean=mean,
+        rstd=_rstd(var, eps),
+        grad_mode="mean_var",
+        elementwise=weight is not None or bias is not None,
+    )
+
+
+def _batch_part(
+    input: Tensor,
+    view,
+    row_moments,
+    running_mean,
+    running_var,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Part:
+    """The batch-norm part of a mix: batch statistics in training (updating the running
+    estimates, unbiased variance), the running estimates in eval."""
+    C = view[1]
+    pattern = Pattern(C, True)
+    if not training:
+        return Part(
+            pattern,
+            running_mean.data.reshape(1, C),
+            _rstd(running_var.data, eps).reshape(1, C),
+            batch=False,
+        )
+    _check_training_batch(input, view)
+    mean, var = pooled_moments(*row_moments, view[2], pattern)
+    if running_mean is not None:
+        m = pattern.count(view)
+        _blend(running_mean, mean[0], momentum)
+        _blend(running_var, var[0] * (m / (m - 1)), momentum)
+    return Part(pattern, mean, _rstd(var, eps), batch=True)
+
+
+def _sample_part(view, row_moments, pattern: Pattern, eps: float) -> Part:
+    mean, var = pooled_moments(*row_moments, view[2], pattern)
+    return Part(pattern, mean, _rstd(var, eps), batch=True)
+
+
+def batch_instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    rho: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch-instance norm (Nam & Kim 2018): y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β, ρ per channel;
+    x̂_BN uses batch statistics in training and the running estimates in eval."""
+    view = nc_view(input, "batch_instance_norm", rho.shape[0])
+    rows = kernels.row_moments(_rows(input, view))
+    bn = _batch_part(input, view, rows, running_mean, running_var, training, momentum, eps)
+    inst = _sample_part(view, rows, Pattern(view[1], False), eps)
+    return mixed_normalize(input, weight, bias, (rho, 1 - rho), view=view, parts=(bn, inst))
+
+
+def batch_layer_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-3,
+    batch_size: int | None = None,
+    delta: float = 1e-4,
+) -> Tensor:
+    """Batch-layer norm (Ziaee & Çano 2022), see `tinynorm.nn.BatchLayerNorm`:
+    y = γ·((1/m - δ)·x̂_LN + (1 - 1/m - δ)·x̂_BN)/sqrt(C) + β, m = `batch_size` (default N).
+    As in `batch_norm`: batch statistics in training (updating the running estimates when
+    given), the running estimates otherwise."""
+    view = nc_view(input, "batch_layer_norm", None if weight is None else weight.shape[0])
+    N, C, _ = view
+    xp = backend.get_array_module(input.data)
+    rows = kernels.row_moments(_rows(input, view))
+    bn = _batch_part(input, view, rows, running_mean, running_var, training, momentum, eps)
+    layer = _sample_part(view, rows, Pattern(1, False), eps)
+    m = N if batch_size is None else batch_size
+    w_bn, w_ln = [
+        Tensor(xp.full(C, w / math.sqrt(C), input.dtype))
+        for w in (1 - 1 / m - delta, 1 / m - delta)
+    ]
+    return mixed_normalize(input, weight, bias, (w_bn, w_ln), view=view, parts=(bn, layer))
+
+
+def switchable_norm(
+    input: Tensor,
+    mean_logits: Tensor,
+    var_logits: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Switchable norm (Luo et al. 2018): μ = Σ_k softmax(λ)_k μ_k, σ² = Σ_k softmax(λ')_k σ²_k
+    over k = (IN, LN, BN), y = γ (x - μ)/sqrt(σ² + ε) + β. The BN statistics are the batch's
+    in training (updating the running estimates) and the running estimates in eval."""
+    view = nc_view(input, "switchable_norm", None if weight is None else weight.shape[0])
+    x3 = _rows(input, view)
+    if training:
+        _check_training_batch(input, view)
+    running = None if training else (running_mean.data, running_var.data)
+    stats = switchable_stats(x3, running)
+    if training and running_mean is not None:
+        _, mean, var = stats[2]
+        m = stats[2][0].count(view)
+        _blend(running_mean, mean[0], momentum)
+        _blend(running_var, var[0] * (m / (m - 1)), momentum)
+    return switchable_normalize(
+        input,
+        weight,
+        bias,
+        softmax(mean_logits, 0),
+        softmax(var_logits, 0),
+        view=view,
+        stats=stats,
+        batch=(True, True, training),
+        eps=eps,
+    )
