@@ -1,6 +1,6 @@
 """Layers and models: `Module`, `Parameter` and the PyTorch-named layers built on them."""
 
-from . import functional, init
+from . import functional, init, utils
 from .container import ModuleList, Sequential
 from .layers import AvgPool2d, Dropout, Flatten, LogSoftmax, MaxPool2d, ReLU, Sigmoid, Softmax, Tanh
 from .linear import Conv2d, Linear
@@ -52,4 +52,5 @@ __all__ = [
     "Tanh",
     "functional",
     "init",
+    "utils",
 ]

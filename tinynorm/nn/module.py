@@ -50,6 +50,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
         object.__setattr__(self, "_forward_hooks", OrderedDict())
         object.__setattr__(self, "training", True)
 
@@ -183,12 +184,20 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
+        for hook in self._forward_pre_hooks.values():
+            hook(self, args)
         out = self.forward(*args, **kwargs)
         for hook in self._forward_hooks.values():
             result = hook(self, args, out)
             if result is not None:
                 out = result
         return out
+
+    def register_forward_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """`hook(module, inputs)` runs before each forward (weight_norm uses one)."""
+        handle = RemovableHandle(self._forward_pre_hooks)
+        self._forward_pre_hooks[handle] = hook
+        return handle
 
     def register_forward_hook(self, hook: Callable) -> RemovableHandle:
         """`hook(module, inputs, output)` runs after each forward and may return a replacement
