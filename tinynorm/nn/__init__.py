@@ -2,7 +2,18 @@
 
 from . import functional, init, utils
 from .container import ModuleList, Sequential
-from .layers import AvgPool2d, Dropout, Flatten, LogSoftmax, MaxPool2d, ReLU, Sigmoid, Softmax, Tanh
+from .layers import (
+    AvgPool2d,
+    Dropout,
+    Flatten,
+    Identity,
+    LogSoftmax,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
 from .linear import Conv2d, Linear
 from .module import Module, Parameter
 from .normalization import (
@@ -33,6 +44,7 @@ __all__ = [
     "Dropout",
     "Flatten",
     "GroupNorm",
+    "Identity",
     "InstanceNorm1d",
     "InstanceNorm2d",
     "LayerNorm",

@@ -7,6 +7,13 @@ from ..tensor import Tensor
 from .module import Module
 
 
+class Identity(Module):
+    """y = x (a placeholder, e.g. for "no normalization")."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
 class ReLU(Module):
     def forward(self, x: Tensor) -> Tensor:
         return ops.relu(x)

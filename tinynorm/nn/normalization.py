@@ -136,7 +136,7 @@ class _InstanceNorm(_NormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        factor = self._averaging_factor()
+        factor = 0.0 if self.momentum is None else self.momentum  # as PyTorch: no step count
         return ops.instance_norm(
             x,
             self.running_mean,
@@ -181,6 +181,8 @@ class _BatchRenorm(_NormBase):
         dmax_steps: int = 25000,
     ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
+        if momentum is None or not 0 < momentum <= 1:
+            raise ValueError(f"BatchRenorm needs a momentum in (0, 1], got {momentum}")
         if rmax < 1 or dmax < 0:
             raise ValueError(f"need rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
         del self.running_var
