@@ -41,7 +41,7 @@ import tinynorm as tn  # noqa: E402
 from tinynorm import nn  # noqa: E402
 
 try:
-    import torch  # noqa: E402
+    import torch
 
     torch.set_num_threads(ARGS.threads)
 except ImportError:
@@ -114,8 +114,13 @@ def main() -> int:
                 ours(x).backward(dy)
 
             t_ours = median_time(run_ours, REPEAT)
-            row = {"layer": name, "shape": list(shape), "tinynorm_ms": 1e3 * t_ours,
-                   "gb_per_s": 5 * x_np.nbytes / t_ours / 1e9, "copy_gb_per_s": copy_gbs}
+            row = {
+                "layer": name,
+                "shape": list(shape),
+                "tinynorm_ms": 1e3 * t_ours,
+                "gb_per_s": 5 * x_np.nbytes / t_ours / 1e9,
+                "copy_gb_per_s": copy_gbs,
+            }
             row["copy_pct"] = 100 * row["gb_per_s"] / copy_gbs
             if theirs is not None:
                 xt = torch.tensor(x_np, requires_grad=True)
@@ -138,15 +143,19 @@ def main() -> int:
 
 def print_table(rows) -> None:
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads; "
-          f"numpy {info['numpy']}, numba {info['numba']}, torch {info['torch']}")
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads; "
+        f"numpy {info['numpy']}, numba {info['numba']}, torch {info['torch']}"
+    )
     print("| layer | shape | tinynorm ms | torch ms | ratio to torch | GB/s | % of copy |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         torch_ms = f"{r['torch_ms']:.2f}" if "torch_ms" in r else "—"
         ratio = f"{r['ratio_to_torch']:.2f}" if "ratio_to_torch" in r else "—"
-        print(f"| {r['layer']} | {tuple(r['shape'])} | {r['tinynorm_ms']:.2f} | {torch_ms} | "
-              f"{ratio} | {r['gb_per_s']:.1f} | {r['copy_pct']:.0f}% |")
+        print(
+            f"| {r['layer']} | {tuple(r['shape'])} | {r['tinynorm_ms']:.2f} | {torch_ms} | "
+            f"{ratio} | {r['gb_per_s']:.1f} | {r['copy_pct']:.0f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -82,7 +82,9 @@ def normalize(x, center, scale, shift, w=None, b=None):
         w = 1
     if b is None and w is not None:
         b = 0
-    return _impl(x).normalize(x, *rows, *_tables(x, w, b))
+    if on_gpu(x):
+        return _impl(x).normalize(x, *rows, *_tables(x, w, b))
+    return cpu.normalize(x, *rows, *_tables(x, w, b), np.empty_like(x))
 
 
 def row_grad_sums(dy, x, center, w=None):
@@ -93,7 +95,9 @@ def row_grad_sums(dy, x, center, w=None):
 def combine(dy, x, center, alpha, beta, delta, w=None):
     x, dy = _view(x), _view(dy)
     rows = [_rows(a, x) for a in (center, alpha, beta, delta)]
-    return _impl(x).combine(dy, x, *rows, *_tables(x, w))
+    if on_gpu(x):
+        return _impl(x).combine(dy, x, *rows, *_tables(x, w))
+    return cpu.combine(dy, x, *rows, *_tables(x, w), np.empty_like(x))
 
 
 def column_grad_sums(dy, x, center, scale):

@@ -53,10 +53,12 @@ def row_moments(x):
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)
-def normalize(x, center, scale, shift, w, b):
-    """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s]; row arrays in x's dtype."""
+def normalize(x, center, scale, shift, w, b, y=None):
+    """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s]; row arrays in x's dtype.
+    Pass `y` allocated by NumPy: its large arrays get huge pages, so first writes fault less."""
     N, C, S = x.shape
-    y = np.empty_like(x)
+    if y is None:
+        y = np.empty_like(x)
     elementwise = w.size > 0
     for r in prange(N * C):
         n, c = r // C, r % C
@@ -102,11 +104,12 @@ def row_grad_sums(dy, x, center, w):
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)
-def combine(dy, x, center, alpha, beta, delta, w):
+def combine(dy, x, center, alpha, beta, delta, w, dx=None):
     """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r]; row arrays in x's
     dtype. Every variant's closed-form dx has this shape once its row coefficients are known."""
     N, C, S = x.shape
-    dx = np.empty_like(x)
+    if dx is None:
+        dx = np.empty_like(x)
     elementwise = w.size > 0
     for r in prange(N * C):
         n, c = r // C, r % C

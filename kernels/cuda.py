@@ -51,7 +51,7 @@ def _chunk_moments(x, S, chunk, mean_out, m2_out):
     hi = min(lo + chunk, S)
     total = 0.0
     for i in range(lo + cuda.threadIdx.x, hi, THREADS):
-        total += x[r, i]
+        total += float64(x[r, i])
     m = _block_sum(shared, total) / (hi - lo)
     sq = 0.0
     for i in range(lo + cuda.threadIdx.x, hi, THREADS):
@@ -190,7 +190,7 @@ def normalize(x, center, scale, shift, w=None, b=None):
     y = _xp(x).empty_like(x)
     rows = [a.reshape(-1) for a in (center, scale, shift)]
     w, has_w = _table(w, x)
-    b = b if has_w else w
+    b = w * 0 if b is None else b
     _normalize[_grid(x.size), THREADS](_rows(x), *rows, w, b, has_w, C, S, _rows(y))
     return y
 

@@ -1,5 +1,12 @@
 """tinynorm: a readable deep-learning mini-framework whose norm layers run on Numba kernels."""
 
+import os
+
+# OpenBLAS worker threads spin for ~0.1 s after each matrix product; on a few cores they would
+# then steal the CPUs from the Numba kernels that run next. Make them sleep at once (effective
+# when tinynorm is imported before NumPy, as in every program of this package).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import numpy as np
 
 from . import nn, optim

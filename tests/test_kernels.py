@@ -1,0 +1,667 @@
+"""The normalization kernels: CPU against plain NumPy, CUDA (a GPU or Numba's simulator) against
+CPU, numerical stability, and the dispatch layer in kernels/__init__.py.
+
+Every kernel sees x[n, c, s] and works on rows r = (n, c); see kernels/__init__.py for the
+formulas. References are computed in float64 from the very values the kernel was given (float32
+inputs are upcast), so a float32 kernel is only charged with its own rounding.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import config
+from numba import cuda as numba_cuda
+from tinynorm.kernels import cpu
+from tinynorm.kernels import cuda as gpu
+
+from tinynorm import kernels
+
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = ["float32", "float64"]
+# elementwise outputs (stored in the data's dtype): rtol = atol
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+# sums (accumulated in float64 over terms rounded in the data's dtype): error / Σ|term|
+SUM_TOL = {np.float32: 1e-6, np.float64: 1e-12}
+# moments are float64 arithmetic on exactly upcast values, whatever the data's dtype
+MOMENT_TOL = 1e-12
+
+# N in 1..3, C = 1, S = 1, S not a multiple of any block or chunk, S ≫ a block, a real layer
+CPU_SHAPES = [
+    (1, 1, 1),
+    (1, 1, 37),
+    (3, 1, 37),
+    (2, 3, 1),
+    (2, 3, 37),
+    (1, 2, 1000),
+    (3, 2, 1000),
+    (1, 1, 5000),
+    (2, 1, 5000),
+    (8, 16, 784),
+]
+
+
+@dataclass
+class Case:
+    """Inputs for one shape and dtype: data (N, C, S), per-row (N, C), affine tables (C, S)."""
+
+    x: np.ndarray
+    dy: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+    delta: np.ndarray
+    w: np.ndarray
+    b: np.ndarray
+
+    @property
+    def dtype(self):
+        return self.x.dtype.type
+
+    def f64(self, *names):
+        return [getattr(self, name).astype(np.float64) for name in names]
+
+    def cpu_tables(self, elementwise: bool):
+        """(w, b) as the CPU kernels take them: the tables, or (0, 0) arrays for none."""
+        if elementwise:
+            return self.w, self.b
+        none = np.empty((0, 0), self.dtype)
+        return none, none
+
+    def cuda_tables(self, elementwise: bool):
+        """(w, b) as the CUDA wrappers take them: the tables, or None."""
+        return (self.w, self.b) if elementwise else (None, None)
+
+
+def make_case(rng, shape, dtype, offset: float = 0.0) -> Case:
+    N, C, S = shape
+
+    def cast(a):
+        return np.ascontiguousarray(a, dtype)
+
+    def per_row(low, high):
+        return cast(rng.uniform(low, high, (N, C)))
+
+    x = cast(offset + rng.standard_normal(shape))
+    # near each row's mean, as a caller would pass it, but not equal to it
+    center = cast(x.astype(np.float64).mean(axis=2) + rng.uniform(-0.5, 0.5, (N, C)))
+    return Case(
+        x=x,
+        dy=cast(rng.standard_normal(shape)),
+        center=center,
+        scale=per_row(0.5, 2.0),
+        shift=per_row(-1.0, 1.0),
+        alpha=per_row(0.5, 2.0),
+        beta=per_row(-1.0, 1.0),
+        delta=per_row(-1.0, 1.0),
+        w=cast(rng.standard_normal((C, S))),
+        b=cast(rng.standard_normal((C, S))),
+    )
+
+
+def assert_values(actual, expected, dtype):
+    """An elementwise result: x's shape and dtype, equal to `expected` up to rounding."""
+    assert actual.dtype == dtype
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def assert_sums(actual, terms, axis, tol, expected=None):
+    """`actual` is Σ terms over `axis` (or `expected`, when given), in float64, to within
+    tol·Σ|terms| — the scale of the rounding error of any order of summation."""
+    if expected is None:
+        expected = terms.sum(axis=axis)
+    bound = tol * np.abs(terms).sum(axis=axis)
+    assert actual.dtype == np.float64
+    assert actual.shape == expected.shape
+    err = np.abs(actual - expected)
+    assert np.all(err <= bound), f"error {err.max():.3g} > bound at {np.argmax(err - bound)}"
+
+
+def assert_means(actual, x, expected):
+    """A per-row mean in float64, to float64 rounding of the data's magnitude."""
+    assert actual.dtype == np.float64
+    atol = 1e-13 * (1.0 + np.abs(x).max())
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=atol)
+
+
+# plain-NumPy float64 versions of the documented formulas --------------------------------------
+
+
+def ref_normalize(case: Case, elementwise: bool):
+    x, center, scale, shift = case.f64("x", "center", "scale", "shift")
+    w, b = case.f64("w", "b") if elementwise else (1.0, 0.0)
+    return (x - center[..., None]) * scale[..., None] * w + shift[..., None] + b
+
+
+def ref_row_grad_terms(case: Case, elementwise: bool):
+    """The terms summed over s: dy·w and dy·w·(x - center)."""
+    dy, x, center = case.f64("dy", "x", "center")
+    g = dy * case.w.astype(np.float64) if elementwise else dy
+    return g, g * (x - center[..., None])
+
+
+def ref_combine(case: Case, elementwise: bool):
+    dy, x, center, alpha, beta, delta = case.f64("dy", "x", "center", "alpha", "beta", "delta")
+    g = dy * case.w.astype(np.float64) if elementwise else dy
+    return alpha[..., None] * g + beta[..., None] * (x - center[..., None]) + delta[..., None]
+
+
+def ref_column_grad_terms(case: Case):
+    """The terms summed over n: dy and dy·(x - center)·scale."""
+    dy, x, center, scale = case.f64("dy", "x", "center", "scale")
+    return dy, dy * (x - center[..., None]) * scale[..., None]
+
+
+# CPU kernels against NumPy ---------------------------------------------------------------------
+
+
+def check_cpu_row_moments(case: Case):
+    x64 = case.x.astype(np.float64)
+    mean, m2 = cpu.row_moments(case.x)
+    ref_mean = x64.mean(axis=2)
+    assert_means(mean, x64, ref_mean)
+    assert_sums(m2, (x64 - ref_mean[..., None]) ** 2, axis=2, tol=MOMENT_TOL)
+
+
+def check_cpu_normalize(case: Case, elementwise: bool):
+    y = cpu.normalize(case.x, case.center, case.scale, case.shift, *case.cpu_tables(elementwise))
+    assert_values(y, ref_normalize(case, elementwise), case.dtype)
+
+
+def check_cpu_row_grad_sums(case: Case, elementwise: bool):
+    w = case.cpu_tables(elementwise)[0]
+    sum_g, sum_gx = cpu.row_grad_sums(case.dy, case.x, case.center, w)
+    terms_g, terms_gx = ref_row_grad_terms(case, elementwise)
+    assert_sums(sum_g, terms_g, axis=2, tol=SUM_TOL[case.dtype])
+    assert_sums(sum_gx, terms_gx, axis=2, tol=SUM_TOL[case.dtype])
+
+
+def check_cpu_combine(case: Case, elementwise: bool):
+    w = case.cpu_tables(elementwise)[0]
+    rows = (case.center, case.alpha, case.beta, case.delta)
+    dx = cpu.combine(case.dy, case.x, *rows, w)
+    assert_values(dx, ref_combine(case, elementwise), case.dtype)
+
+
+def check_cpu_column_grad_sums(case: Case):
+    db, dw = cpu.column_grad_sums(case.dy, case.x, case.center, case.scale)
+    terms_b, terms_w = ref_column_grad_terms(case)
+    assert_sums(db, terms_b, axis=0, tol=SUM_TOL[case.dtype])
+    assert_sums(dw, terms_w, axis=0, tol=SUM_TOL[case.dtype])
+
+
+shape_param = pytest.mark.parametrize("shape", CPU_SHAPES, ids=str)
+dtype_param = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+elementwise_param = pytest.mark.parametrize("elementwise", [False, True], ids=["rows", "tables"])
+
+
+@shape_param
+@dtype_param
+def test_cpu_row_moments(rng, shape, dtype):
+    check_cpu_row_moments(make_case(rng, shape, dtype))
+
+
+@shape_param
+@dtype_param
+@elementwise_param
+def test_cpu_normalize(rng, shape, dtype, elementwise):
+    check_cpu_normalize(make_case(rng, shape, dtype), elementwise)
+
+
+@shape_param
+@dtype_param
+@elementwise_param
+def test_cpu_row_grad_sums(rng, shape, dtype, elementwise):
+    check_cpu_row_grad_sums(make_case(rng, shape, dtype), elementwise)
+
+
+@shape_param
+@dtype_param
+@elementwise_param
+def test_cpu_combine(rng, shape, dtype, elementwise):
+    check_cpu_combine(make_case(rng, shape, dtype), elementwise)
+
+
+@shape_param
+@dtype_param
+def test_cpu_column_grad_sums(rng, shape, dtype):
+    check_cpu_column_grad_sums(make_case(rng, shape, dtype))
+
+
+def test_cpu_moments_of_a_constant_row_are_exact():
+    x = np.full((2, 1, 1001), 3.7, np.float32)
+    mean, m2 = cpu.row_moments(x)
+    np.testing.assert_array_equal(mean, np.float64(np.float32(3.7)))
+    np.testing.assert_array_equal(m2, 0.0)
+
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 300))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=shapes,
+    dtype=st.sampled_from(DTYPES),
+    offset=st.sampled_from([0.0, -3.0, 250.0]),
+    elementwise=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_cpu_kernels_match_numpy_on_random_inputs(shape, dtype, offset, elementwise, seed):
+    case = make_case(np.random.default_rng(seed), shape, dtype, offset)
+    check_cpu_row_moments(case)
+    check_cpu_normalize(case, elementwise)
+    check_cpu_row_grad_sums(case, elementwise)
+    check_cpu_combine(case, elementwise)
+    check_cpu_column_grad_sums(case)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(2, 300)),
+    dtype=st.sampled_from(DTYPES),
+    offset=st.floats(-1e3, 1e3),
+    std=st.floats(0.1, 10.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_cpu_normalized_rows_have_zero_mean_and_unit_variance(shape, dtype, offset, std, seed):
+    """row_moments then normalize with (mean, 1/sqrt(var + eps)): the rows of y have mean 0 and
+    variance var/(var + eps), to the data's precision relative to its offset."""
+    S, eps = shape[2], 1e-5
+    x = (offset + std * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
+    mean, m2 = cpu.row_moments(x)
+    var = m2 / S
+    rows = [a.astype(dtype) for a in (mean, 1 / np.sqrt(var + eps), np.zeros_like(mean))]
+    none = np.empty((0, 0), dtype)
+    y = cpu.normalize(x, *rows, none, none)
+    y_mean, y_m2 = cpu.row_moments(y)
+    tol = 10 * np.finfo(dtype).eps * (1 + abs(offset) / std)
+    np.testing.assert_allclose(y_mean, 0.0, atol=tol)
+    np.testing.assert_allclose(y_m2 / S, var / (var + eps), rtol=0, atol=tol)
+
+
+# CUDA kernels against CPU ----------------------------------------------------------------------
+
+CUDA_USABLE = config.ENABLE_CUDASIM or numba_cuda.is_available()
+
+
+# Run on a GPU, or in the simulator that conftest.py switches on when there is none. NumPy
+# inputs on a real GPU are copied to and from the device, with a warning.
+CUDA_MARKS = [
+    pytest.mark.filterwarnings("ignore:Host array used in CUDA kernel"),
+    pytest.mark.skipif(
+        not CUDA_USABLE,
+        reason="no CUDA GPU and Numba's CUDA simulator is off (NUMBA_ENABLE_CUDASIM unset)",
+    ),
+]
+
+
+def cuda_test(test):
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
+
+
+# The simulator runs every thread in Python, so these stay small, except one row ≫ a block.
+CUDA_CASES = [
+    *[
+        pytest.param(shape, dtype, id=f"{shape}-{name}")
+        for shape in [(1, 1, 1), (3, 1, 37), (2, 3, 1), (2, 3, 37), (1, 2, 1000)]
+        for dtype, name in zip(DTYPES, DTYPE_IDS)
+    ],
+    pytest.param((1, 1, 5000), np.float32, id="(1, 1, 5000)-float32"),
+]
+cuda_case_param = pytest.mark.parametrize(("shape", "dtype"), CUDA_CASES)
+
+# (shape, chunk): several blocks per row with a partial last chunk; a chunk smaller than a
+# block (idle threads); a chunk that divides S exactly
+CHUNKED = [((1, 2, 200), 64), ((1, 1, 50), 16), ((2, 1, 128), 64)]
+chunked_param = pytest.mark.parametrize(("shape", "chunk"), CHUNKED, ids=str)
+
+
+def check_cuda_row_moments(case: Case, **chunk):
+    mean, m2 = gpu.row_moments(case.x, **chunk)
+    ref_mean, ref_m2 = cpu.row_moments(case.x)
+    x64 = case.x.astype(np.float64)
+    assert_means(mean, x64, ref_mean)
+    terms = (x64 - ref_mean[..., None]) ** 2
+    assert_sums(m2, terms, axis=2, tol=2 * MOMENT_TOL, expected=ref_m2)
+
+
+def check_cuda_row_grad_sums(case: Case, elementwise: bool, **chunk):
+    w = case.cuda_tables(elementwise)[0]
+    sums = gpu.row_grad_sums(case.dy, case.x, case.center, w, **chunk)
+    ref = cpu.row_grad_sums(case.dy, case.x, case.center, case.cpu_tables(elementwise)[0])
+    for actual, expected, terms in zip(sums, ref, ref_row_grad_terms(case, elementwise)):
+        assert_sums(actual, terms, axis=2, tol=2 * SUM_TOL[case.dtype], expected=expected)
+
+
+@cuda_test
+@cuda_case_param
+def test_cuda_row_moments_match_cpu(rng, shape, dtype):
+    check_cuda_row_moments(make_case(rng, shape, dtype))
+
+
+@cuda_test
+@cuda_case_param
+@elementwise_param
+def test_cuda_normalize_matches_cpu(rng, shape, dtype, elementwise):
+    case = make_case(rng, shape, dtype)
+    rows = (case.center, case.scale, case.shift)
+    y = gpu.normalize(case.x, *rows, *case.cuda_tables(elementwise))
+    assert_values(y, cpu.normalize(case.x, *rows, *case.cpu_tables(elementwise)), dtype)
+
+
+@cuda_test
+@cuda_case_param
+@elementwise_param
+def test_cuda_row_grad_sums_match_cpu(rng, shape, dtype, elementwise):
+    check_cuda_row_grad_sums(make_case(rng, shape, dtype), elementwise)
+
+
+@cuda_test
+@cuda_case_param
+@elementwise_param
+def test_cuda_combine_matches_cpu(rng, shape, dtype, elementwise):
+    case = make_case(rng, shape, dtype)
+    rows = (case.center, case.alpha, case.beta, case.delta)
+    dx = gpu.combine(case.dy, case.x, *rows, case.cuda_tables(elementwise)[0])
+    ref = cpu.combine(case.dy, case.x, *rows, case.cpu_tables(elementwise)[0])
+    assert_values(dx, ref, dtype)
+
+
+@cuda_test
+@cuda_case_param
+def test_cuda_column_grad_sums_match_cpu(rng, shape, dtype):
+    case = make_case(rng, shape, dtype)
+    sums = gpu.column_grad_sums(case.dy, case.x, case.center, case.scale)
+    ref = cpu.column_grad_sums(case.dy, case.x, case.center, case.scale)
+    for actual, expected, terms in zip(sums, ref, ref_column_grad_terms(case)):
+        assert_sums(actual, terms, axis=0, tol=2 * SUM_TOL[dtype], expected=expected)
+
+
+@cuda_test
+@chunked_param
+@dtype_param
+def test_cuda_two_stage_row_moments(rng, shape, chunk, dtype):
+    check_cuda_row_moments(make_case(rng, shape, dtype, offset=5.0), chunk=chunk)
+
+
+@cuda_test
+@chunked_param
+@dtype_param
+@elementwise_param
+def test_cuda_two_stage_row_grad_sums(rng, shape, chunk, dtype, elementwise):
+    check_cuda_row_grad_sums(make_case(rng, shape, dtype), elementwise, chunk=chunk)
+
+
+# numerical stability ---------------------------------------------------------------------------
+
+BIG = 2.0**24  # float32 values are 2 apart from here on: BIG + 1 is not a float32
+
+IMPLS = [
+    pytest.param(cpu, {}, id="cpu"),
+    pytest.param(gpu, {"chunk": 64}, id="cuda", marks=CUDA_MARKS),  # several chunks per row
+]
+
+
+@pytest.mark.parametrize(("impl", "chunk"), IMPLS)
+def test_sums_accumulate_in_float64(impl, chunk):
+    """float32 terms, each exact, whose sum is odd and above 2**24, so not a float32: any
+    float32 accumulation, in any order, misses it; float64 gets it exactly."""
+    S = 300
+    ones = np.ones((1, 1, S), np.float32)
+    dy = ones.copy()
+    dy[0, 0, 0] = BIG
+    total = BIG + S - 1
+    center = np.zeros((1, 1), np.float32)
+    no_table = None if impl is gpu else np.empty((0, 0), np.float32)
+    for w in (no_table, np.ones((1, S), np.float32)):
+        sum_g, sum_gx = impl.row_grad_sums(dy, ones, center, w, **chunk)
+        assert sum_g[0, 0] == total and sum_gx[0, 0] == total
+
+    mean, _ = impl.row_moments(dy, **chunk)
+    np.testing.assert_allclose(mean[0, 0], total / S, rtol=1e-12)
+
+    # over n: dy = BIG, 1, 2 at every position, x̂ = (1 - 0)·1
+    dy = np.ones((3, 1, S), np.float32) * np.float32([BIG, 1, 2])[:, None, None]
+    x, center, scale = np.ones_like(dy), np.zeros((3, 1), np.float32), np.ones((3, 1), np.float32)
+    db, dw = impl.column_grad_sums(dy, x, center, scale)
+    np.testing.assert_array_equal(db, BIG + 3)
+    np.testing.assert_array_equal(dw, BIG + 3)
+
+
+def large_offset_data(rng, shape):
+    """float32 data 10⁴ + N(0, 1), and the float64 variance of exactly those values."""
+    x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
+    return x, x.astype(np.float64).var(axis=2)
+
+
+def test_cpu_variance_is_stable_for_a_large_offset(rng):
+    x, truth = large_offset_data(rng, (2, 2, 10_000))
+    mean, m2 = cpu.row_moments(x)
+    np.testing.assert_allclose(m2 / x.shape[2], truth, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=2), rtol=1e-12)
+
+
+@cuda_test
+def test_cuda_variance_is_stable_for_a_large_offset(rng):
+    x, truth = large_offset_data(rng, (1, 1, 1000))
+    mean, m2 = gpu.row_moments(x, chunk=128)  # 8 chunks, folded by Chan's formula
+    np.testing.assert_allclose(m2 / x.shape[2], truth, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=2), rtol=1e-12)
+
+
+# the dispatch layer ----------------------------------------------------------------------------
+
+
+def assert_same_results(actual, expected):
+    """Identical arrays (or tuples of them): same kernel, same inputs."""
+    if isinstance(expected, tuple):
+        assert isinstance(actual, tuple) and len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_same_results(a, e)
+        return
+    assert isinstance(actual, np.ndarray)
+    assert actual.dtype == expected.dtype
+    np.testing.assert_array_equal(actual, expected)
+
+
+@dtype_param
+def test_dispatch_runs_the_cpu_kernels_on_numpy_arrays(rng, dtype):
+    c = make_case(rng, (2, 3, 37), dtype)
+    none = np.empty((0, 0), dtype)
+    ones, zeros = np.ones_like(c.w), np.zeros_like(c.b)
+    norm_rows = (c.center, c.scale, c.shift)
+    combine_rows = (c.center, c.alpha, c.beta, c.delta)
+    pairs = [
+        (kernels.row_moments(c.x), cpu.row_moments(c.x)),
+        (kernels.normalize(c.x, *norm_rows), cpu.normalize(c.x, *norm_rows, none, none)),
+        (kernels.normalize(c.x, *norm_rows, c.w, c.b), cpu.normalize(c.x, *norm_rows, c.w, c.b)),
+        # one table alone: the other is the identity
+        (kernels.normalize(c.x, *norm_rows, w=c.w), cpu.normalize(c.x, *norm_rows, c.w, zeros)),
+        (kernels.normalize(c.x, *norm_rows, b=c.b), cpu.normalize(c.x, *norm_rows, ones, c.b)),
+        (kernels.row_grad_sums(c.dy, c.x, c.center), cpu.row_grad_sums(c.dy, c.x, c.center, none)),
+        (
+            kernels.row_grad_sums(c.dy, c.x, c.center, c.w),
+            cpu.row_grad_sums(c.dy, c.x, c.center, c.w),
+        ),
+        (kernels.combine(c.dy, c.x, *combine_rows), cpu.combine(c.dy, c.x, *combine_rows, none)),
+        (
+            kernels.combine(c.dy, c.x, *combine_rows, c.w),
+            cpu.combine(c.dy, c.x, *combine_rows, c.w),
+        ),
+        (
+            kernels.column_grad_sums(c.dy, c.x, c.center, c.scale),
+            cpu.column_grad_sums(c.dy, c.x, c.center, c.scale),
+        ),
+    ]
+    for actual, expected in pairs:
+        assert_same_results(actual, expected)
+
+
+def test_dispatch_makes_strided_input_contiguous(rng):
+    base = rng.standard_normal((2, 3, 20)).astype(np.float32)
+    for x in (base[:, :, ::2], base.transpose(1, 0, 2)):
+        assert not x.flags.c_contiguous
+        assert_same_results(kernels.row_moments(x), cpu.row_moments(np.ascontiguousarray(x)))
+
+
+def test_dispatch_broadcasts_per_row_arguments(rng):
+    N, C, S = 3, 4, 10
+    x = rng.standard_normal((N, C, S)).astype(np.float32)
+    dy = rng.standard_normal((N, C, S)).astype(np.float32)
+    per_channel = rng.uniform(0.5, 2.0, (1, C))  # float64: cast to x's dtype
+    per_sample = rng.uniform(-1.0, 1.0, (N, 1))
+    channel_vector = rng.uniform(-1.0, 1.0, C)  # (C,) broadcasts like (1, C)
+    none = np.empty((0, 0), np.float32)
+
+    def full(a):
+        return np.ascontiguousarray(np.broadcast_to(a, (N, C)), np.float32)
+
+    assert_same_results(
+        kernels.normalize(x, per_sample, per_channel, 0.25),
+        cpu.normalize(x, full(per_sample), full(per_channel), full(0.25), none, none),
+    )
+    assert_same_results(
+        kernels.row_grad_sums(dy, x, channel_vector),
+        cpu.row_grad_sums(dy, x, full(channel_vector), none),
+    )
+    rows = (0.5, per_channel, per_sample, channel_vector)
+    assert_same_results(kernels.combine(dy, x, *rows), cpu.combine(dy, x, *map(full, rows), none))
+    assert_same_results(
+        kernels.column_grad_sums(dy, x, per_sample, 2),
+        cpu.column_grad_sums(dy, x, full(per_sample), full(2.0)),
+    )
+    with pytest.raises(ValueError):
+        kernels.normalize(x, np.zeros((N + 1, C)), 1.0, 0.0)
+
+
+CALLS = {
+    "row_moments": lambda x: kernels.row_moments(x),
+    "normalize": lambda x: kernels.normalize(x, 0.0, 1.0, 0.0),
+    "row_grad_sums": lambda x: kernels.row_grad_sums(x, x, 0.0),
+    "combine": lambda x: kernels.combine(x, x, 0.0, 1.0, 0.0, 0.0),
+    "column_grad_sums": lambda x: kernels.column_grad_sums(x, x, 0.0, 1.0),
+}
+
+
+@pytest.mark.parametrize("name", CALLS)
+@pytest.mark.parametrize("shape", [(5,), (3, 5), (2, 3, 4, 5)], ids=str)
+def test_dispatch_rejects_input_that_is_not_3d(name, shape):
+    with pytest.raises(ValueError, match=re.escape(f"(N, C, S) array, got shape {shape}")):
+        CALLS[name](np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("name", ["row_grad_sums", "combine", "column_grad_sums"])
+def test_dispatch_rejects_a_gradient_that_is_not_3d(name):
+    x, dy = np.zeros((2, 3, 4), np.float32), np.zeros((6, 4), np.float32)
+    call = {
+        "row_grad_sums": lambda: kernels.row_grad_sums(dy, x, 0.0),
+        "combine": lambda: kernels.combine(dy, x, 0.0, 1.0, 0.0, 0.0),
+        "column_grad_sums": lambda: kernels.column_grad_sums(dy, x, 0.0, 1.0),
+    }[name]
+    with pytest.raises(ValueError, match=re.escape("got shape (6, 4)")):
+        call()
+
+
+# the kernels stand apart from the autograd engine ------------------------------------------------
+
+KERNELS_DIR = Path(kernels.__file__).parent
+ENGINE = ("autograd", "tensor", "ops", "nn")
+
+
+def imported_modules(path: Path, package: str = "tinynorm.kernels"):
+    """The absolute names a module file imports, inside functions too, relative imports resolved
+    against `package`. `from M import a` gives both M and M.a (a may be a submodule)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                module = f"{base}.{module}" if module else base
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def is_engine(name: str) -> bool:
+    """The engine's modules, or the bare package (whose __init__ imports the engine)."""
+    engine = [f"tinynorm.{m}" for m in ENGINE]
+    return name == "tinynorm" or any(name == e or name.startswith(e + ".") for e in engine)
+
+
+def test_import_scan_would_catch_an_engine_import(tmp_path):
+    source = tmp_path / "bad.py"
+    source.write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            from . import cpu
+            from ..autograd import Function
+
+            def lazy():
+                from tinynorm.nn import functional
+            """
+        )
+    )
+    names = imported_modules(source)
+    assert {"numpy", "tinynorm.kernels.cpu", "tinynorm.autograd.Function"} <= names
+    assert sorted(n for n in names if is_engine(n)) == [
+        "tinynorm.autograd",
+        "tinynorm.autograd.Function",
+        "tinynorm.nn",
+        "tinynorm.nn.functional",
+    ]
+
+
+def test_kernel_files_do_not_import_the_engine():
+    files = sorted(KERNELS_DIR.glob("*.py"))
+    assert {f.name for f in files} >= {"__init__.py", "cpu.py", "cuda.py"}
+    assert "tinynorm.kernels.cpu" in imported_modules(KERNELS_DIR / "__init__.py")
+    offending = {f.name: sorted(filter(is_engine, imported_modules(f))) for f in files}
+    assert not any(offending.values()), f"kernels import the engine: {offending}"
+
+
+def test_kernels_load_as_a_standalone_package(tmp_path):
+    """Loaded as a top-level package `kernels` (without tinynorm's __init__), the kernels and the
+    CUDA module import and run, and no tinynorm module is loaded. A fresh Numba cache: entries
+    cached under the name tinynorm.kernels.cpu would import that module when loaded."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(KERNELS_DIR.parent)!r})
+        import numpy as np
+        import kernels, kernels.cuda
+        mean, m2 = kernels.row_moments(np.arange(6.0).reshape(1, 2, 3))
+        assert mean.tolist() == [[1.0, 4.0]] and m2.tolist() == [[2.0, 2.0]], (mean, m2)
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "tinynorm")
+        assert not loaded, loaded
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba_cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
