@@ -66,11 +66,14 @@ def pooled_moments(row_mean, row_m2, S: int, pattern: Pattern):
     return mean, var
 
 
-def moments(x3, pattern: Pattern):
-    """Mean and biased variance of each statistic of `pattern` over x (N, C, S), per row, in
-    float64: one kernel pass for the row moments, then pooling on the small (N, C) arrays."""
-    row_mean, row_m2 = kernels.row_moments(x3)
-    return pooled_moments(row_mean, row_m2, x3.shape[2], pattern)
+class Part(NamedTuple):
+    """One normalization: its pattern, per-row statistics μ and ρ = 1/sqrt(σ² + ε), and whether
+    they are batch statistics (differentiated) or fixed (running estimates, constants)."""
+
+    pattern: Pattern
+    mean: object
+    rstd: object
+    batch: bool
 
 
 def channel(a, C: int):

@@ -9,22 +9,10 @@ their closed-form gradients is alpha·dy + beta·(x - c) + delta for a per-row c
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from .. import backend, kernels
 from ..autograd import Function
 from ..tensor import Tensor
-from .norm import Pattern, cast_grad, channel, pooled_moments
-
-
-class Part(NamedTuple):
-    """One normalization in a mix: its pattern, per-row statistics μ and ρ = 1/sqrt(σ² + ε),
-    and whether they are batch statistics (differentiated) or fixed (running estimates)."""
-
-    pattern: Pattern
-    mean: object
-    rstd: object
-    batch: bool
+from .norm import cast_grad, channel
 
 
 class MixedNormalize(Function):
@@ -135,19 +123,6 @@ class SwitchableNormalize(Function):
             cast_grad(dwm, self.wm),
             cast_grad(dwv, self.wv),
         )
-
-
-def switchable_stats(x3, running=None):
-    """(pattern, mean, var) per row for IN, LN and BN, all from one pass of row moments;
-    `running` = (mean, var) per channel replaces the BN statistics (eval)."""
-    row_mean, row_m2 = kernels.row_moments(x3)
-    C, S = x3.shape[1:]
-    stats = []
-    for pattern in (Pattern(C, False), Pattern(1, False), Pattern(C, True)):
-        stats.append((pattern, *pooled_moments(row_mean, row_m2, S, pattern)))
-    if running is not None:
-        stats[2] = (stats[2][0], running[0].reshape(1, C), running[1].reshape(1, C))
-    return stats
 
 
 def mixed_normalize(

@@ -11,8 +11,8 @@ import math
 
 from .. import backend, kernels
 from ..tensor import Tensor
-from .norm import Pattern, moments, normalize, pooled_moments
-from .norm_mixed import Part, mixed_normalize, switchable_normalize, switchable_stats
+from .norm import Part, Pattern, normalize, pooled_moments
+from .norm_mixed import mixed_normalize, switchable_normalize
 from .softmax import softmax
 
 
@@ -28,10 +28,6 @@ def nc_view(x: Tensor, op: str, num_channels: int | None = None) -> tuple[int, i
             f"{op}: expected {num_channels} channels, got input of shape {x.shape} with {c}"
         )
     return n, c, math.prod(x.shape[2:])
-
-
-def _rows(x: Tensor, view) -> object:
-    return x.data.reshape(view)
 
 
 def _rstd(var, eps: float):
@@ -50,6 +46,71 @@ def _check_training_batch(x: Tensor, view) -> None:
         )
 
 
+def _apply(input: Tensor, weight, bias, view, part: Part, **extra) -> Tensor:
+    """The fused `normalize` op on one `Part`: batch statistics are differentiated, fixed
+    ones are constants (`extra` may override grad_mode or add batch renorm's r and d)."""
+    extra.setdefault("grad_mode", "mean_var" if part.batch else "none")
+    return normalize(
+        input,
+        weight,
+        bias,
+        view=view,
+        pattern=part.pattern,
+        mean=part.mean,
+        rstd=part.rstd,
+        **extra,
+    )
+
+
+def _fixed_part(view, pattern: Pattern, mean: Tensor, rstd) -> Part:
+    """Running estimates (per channel) as the constant statistics of every row."""
+    C = view[1]
+    rstd = rstd.reshape(1, C) if hasattr(rstd, "reshape") else rstd  # an array or a number
+    return Part(pattern, mean.data.reshape(1, C), rstd, batch=False)
+
+
+def _update_running(
+    running_mean: Tensor | None, running_var: Tensor | None, mean, var, m: int, momentum: float
+) -> None:
+    """Move the running mean and (unbiased, m/(m-1)·σ²) variance towards this batch's."""
+    if running_mean is not None:
+        _blend(running_mean, mean, momentum)
+        _blend(running_var, var * (m / (m - 1)), momentum)
+
+
+def _batch_part(
+    input: Tensor,
+    view,
+    rows,
+    running_mean,
+    running_var,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Part:
+    """Batch norm's statistics: the batch's in training (from the row moments `rows`,
+    updating the running estimates when given), the running estimates otherwise."""
+    pattern = Pattern(view[1], True)
+    if not training:
+        if running_mean is None:
+            raise ValueError("batch statistics in eval mode need running_mean and running_var")
+        return _fixed_part(view, pattern, running_mean, _rstd(running_var.data, eps))
+    _check_training_batch(input, view)
+    mean, var = pooled_moments(*rows, view[2], pattern)
+    _update_running(running_mean, running_var, mean[0], var[0], pattern.count(view), momentum)
+    return Part(pattern, mean, _rstd(var, eps), batch=True)
+
+
+def _sample_part(view, rows, pattern: Pattern, eps: float) -> Part:
+    """Per-sample statistics (IN, GN, LN) from the row moments `rows`."""
+    mean, var = pooled_moments(*rows, view[2], pattern)
+    return Part(pattern, mean, _rstd(var, eps), batch=True)
+
+
+def _row_moments(input: Tensor, view):
+    return kernels.row_moments(input.data.reshape(view))
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -63,37 +124,9 @@ def batch_norm(
     """y = (x - μ)/sqrt(σ² + ε)·γ + β per channel. Training: batch μ, σ² (biased), and the
     running estimates move by `momentum` towards μ and the unbiased m/(m-1)·σ². Eval: running."""
     view = nc_view(input, "batch_norm", None if weight is None else weight.shape[0])
-    C = view[1]
-    pattern = Pattern(C, True)
-    if training:
-        _check_training_batch(input, view)
-        mean, var = moments(_rows(input, view), pattern)
-        if running_mean is not None:
-            m = pattern.count(view)
-            _blend(running_mean, mean[0], momentum)
-            _blend(running_var, var[0] * (m / (m - 1)), momentum)
-        return normalize(
-            input,
-            weight,
-            bias,
-            view=view,
-            pattern=pattern,
-            mean=mean,
-            rstd=_rstd(var, eps),
-            grad_mode="mean_var",
-        )
-    if running_mean is None:
-        raise ValueError("batch_norm in eval mode needs running_mean and running_var")
-    return normalize(
-        input,
-        weight,
-        bias,
-        view=view,
-        pattern=pattern,
-        mean=running_mean.data.reshape(1, C),
-        rstd=_rstd(running_var.data, eps).reshape(1, C),
-        grad_mode="none",
-    )
+    rows = _row_moments(input, view) if training else None
+    part = _batch_part(input, view, rows, running_mean, running_var, training, momentum, eps)
+    return _apply(input, weight, bias, view, part)
 
 
 def batch_renorm(
@@ -113,40 +146,19 @@ def batch_renorm(
     d = clip((μ_B - μ)/σ, -dmax, dmax), r and d constant in the backward pass; then
     μ += momentum·(μ_B - μ), σ += momentum·(σ_B - σ).  eval: x̂ = (x - μ)/σ."""
     view = nc_view(input, "batch_renorm", None if weight is None else weight.shape[0])
-    C = view[1]
-    pattern = Pattern(C, True)
+    pattern = Pattern(view[1], True)
     if not training:
-        return normalize(
-            input,
-            weight,
-            bias,
-            view=view,
-            pattern=pattern,
-            mean=running_mean.data.reshape(1, C),
-            rstd=(1.0 / running_std.data).reshape(1, C),
-            grad_mode="none",
-        )
-    _check_training_batch(input, view)
+        part = _fixed_part(view, pattern, running_mean, 1.0 / running_std.data)
+        return _apply(input, weight, bias, view, part)
+    part = _batch_part(input, view, _row_moments(input, view), None, None, True, 0, eps)
     xp = backend.get_array_module(input.data)
-    mean, var = moments(_rows(input, view), pattern)
-    mu_b, sigma_b = mean[0], xp.sqrt(var[0] + eps)
+    mu_b, sigma_b = part.mean[0], 1.0 / part.rstd[0]
     mu, sigma = running_mean.data, running_std.data
     r = xp.clip(sigma_b / sigma, 1 / rmax, rmax)
     d = xp.clip((mu_b - mu) / sigma, -dmax, dmax)
     _blend(running_mean, mu_b, momentum)
     _blend(running_std, sigma_b, momentum)
-    return normalize(
-        input,
-        weight,
-        bias,
-        view=view,
-        pattern=pattern,
-        mean=mean,
-        rstd=_rstd(var, eps),
-        grad_mode="mean_var",
-        r=r,
-        d=d,
-    )
+    return _apply(input, weight, bias, view, part, r=r, d=d)
 
 
 def mean_only_batch_norm(
@@ -160,26 +172,14 @@ def mean_only_batch_norm(
     μ is the batch mean in training (the running mean moves towards it), the running mean in
     eval."""
     view = nc_view(input, "mean_only_batch_norm", None if bias is None else bias.shape[0])
-    C = view[1]
-    pattern = Pattern(C, True)
-    if training:
-        _check_training_batch(input, view)
-        mean, _ = moments(_rows(input, view), pattern)
-        if running_mean is not None:
-            _blend(running_mean, mean[0], momentum)
-        return normalize(
-            input, None, bias, view=view, pattern=pattern, mean=mean, rstd=1.0, grad_mode="mean"
-        )
-    return normalize(
-        input,
-        None,
-        bias,
-        view=view,
-        pattern=pattern,
-        mean=running_mean.data.reshape(1, C),
-        rstd=1.0,
-        grad_mode="none",
-    )
+    pattern = Pattern(view[1], True)
+    if not training:
+        return _apply(input, None, bias, view, _fixed_part(view, pattern, running_mean, 1.0))
+    _check_training_batch(input, view)
+    mean, _ = pooled_moments(*_row_moments(input, view), view[2], pattern)
+    if running_mean is not None:
+        _blend(running_mean, mean[0], momentum)
+    return _apply(input, None, bias, view, Part(pattern, mean, 1.0, True), grad_mode="mean")
 
 
 def instance_norm(
@@ -199,35 +199,16 @@ def instance_norm(
     _, C, S = view
     pattern = Pattern(C, False)
     if not use_input_stats:
-        return normalize(
-            input,
-            weight,
-            bias,
-            view=view,
-            pattern=pattern,
-            mean=running_mean.data.reshape(1, C),
-            rstd=_rstd(running_var.data, eps).reshape(1, C),
-            grad_mode="none",
-        )
+        part = _fixed_part(view, pattern, running_mean, _rstd(running_var.data, eps))
+        return _apply(input, weight, bias, view, part)
     if S == 1:
         raise ValueError(
             f"instance_norm: expected more than 1 spatial value per channel, got input of shape "
             f"{input.shape}"
         )
-    mean, var = moments(_rows(input, view), pattern)
-    if running_mean is not None:
-        _blend(running_mean, mean.mean(axis=0), momentum)
-        _blend(running_var, (var * (S / (S - 1))).mean(axis=0), momentum)
-    return normalize(
-        input,
-        weight,
-        bias,
-        view=view,
-        pattern=pattern,
-        mean=mean,
-        rstd=_rstd(var, eps),
-        grad_mode="mean_var",
-    )
+    mean, var = pooled_moments(*_row_moments(input, view), S, pattern)
+    _update_running(running_mean, running_var, mean.mean(axis=0), var.mean(axis=0), S, momentum)
+    return _apply(input, weight, bias, view, Part(pattern, mean, _rstd(var, eps), True))
 
 
 def group_norm(
@@ -243,18 +224,8 @@ def group_norm(
     C = view[1]
     if num_groups < 1 or C % num_groups:
         raise ValueError(f"group_norm: num_groups {num_groups} must divide the {C} channels")
-    pattern = Pattern(num_groups, False)
-    mean, var = moments(_rows(input, view), pattern)
-    return normalize(
-        input,
-        weight,
-        bias,
-        view=view,
-        pattern=pattern,
-        mean=mean,
-        rstd=_rstd(var, eps),
-        grad_mode="mean_var",
-    )
+    part = _sample_part(view, _row_moments(input, view), Pattern(num_groups, False), eps)
+    return _apply(input, weight, bias, view, part)
 
 
 def layer_norm(
@@ -275,54 +246,10 @@ def layer_norm(
             f"layer_norm: input of shape {input.shape} does not end with normalized_shape {shape}"
         )
     view = (math.prod(input.shape[: input.ndim - k]), 1, math.prod(shape))
-    pattern = Pattern(1, False)
-    mean, var = moments(_rows(input, view), pattern)
-    return normalize(
-        input,
-        weight,
-        bias,
-        view=view,
-        pattern=pattern,
-        mean=mean,
-        rstd=_rstd(var, eps),
-        grad_mode="mean_var",
-        elementwise=weight is not None or bias is not None,
+    part = _sample_part(view, _row_moments(input, view), Pattern(1, False), eps)
+    return _apply(
+        input, weight, bias, view, part, elementwise=weight is not None or bias is not None
     )
-
-
-def _batch_part(
-    input: Tensor,
-    view,
-    row_moments,
-    running_mean,
-    running_var,
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> Part:
-    """The batch-norm part of a mix: batch statistics in training (updating the running
-    estimates, unbiased variance), the running estimates in eval."""
-    C = view[1]
-    pattern = Pattern(C, True)
-    if not training:
-        return Part(
-            pattern,
-            running_mean.data.reshape(1, C),
-            _rstd(running_var.data, eps).reshape(1, C),
-            batch=False,
-        )
-    _check_training_batch(input, view)
-    mean, var = pooled_moments(*row_moments, view[2], pattern)
-    if running_mean is not None:
-        m = pattern.count(view)
-        _blend(running_mean, mean[0], momentum)
-        _blend(running_var, var[0] * (m / (m - 1)), momentum)
-    return Part(pattern, mean, _rstd(var, eps), batch=True)
-
-
-def _sample_part(view, row_moments, pattern: Pattern, eps: float) -> Part:
-    mean, var = pooled_moments(*row_moments, view[2], pattern)
-    return Part(pattern, mean, _rstd(var, eps), batch=True)
 
 
 def batch_instance_norm(
@@ -339,7 +266,7 @@ def batch_instance_norm(
     """Batch-instance norm (Nam & Kim 2018): y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β, ρ per channel;
     x̂_BN uses batch statistics in training and the running estimates in eval."""
     view = nc_view(input, "batch_instance_norm", rho.shape[0])
-    rows = kernels.row_moments(_rows(input, view))
+    rows = _row_moments(input, view)
     bn = _batch_part(input, view, rows, running_mean, running_var, training, momentum, eps)
     inst = _sample_part(view, rows, Pattern(view[1], False), eps)
     return mixed_normalize(input, weight, bias, (rho, 1 - rho), view=view, parts=(bn, inst))
@@ -364,7 +291,7 @@ def batch_layer_norm(
     view = nc_view(input, "batch_layer_norm", None if weight is None else weight.shape[0])
     N, C, _ = view
     xp = backend.get_array_module(input.data)
-    rows = kernels.row_moments(_rows(input, view))
+    rows = _row_moments(input, view)
     bn = _batch_part(input, view, rows, running_mean, running_var, training, momentum, eps)
     layer = _sample_part(view, rows, Pattern(1, False), eps)
     m = N if batch_size is None else batch_size
@@ -391,16 +318,20 @@ def switchable_norm(
     over k = (IN, LN, BN), y = γ (x - μ)/sqrt(σ² + ε) + β. The BN statistics are the batch's
     in training (updating the running estimates) and the running estimates in eval."""
     view = nc_view(input, "switchable_norm", None if weight is None else weight.shape[0])
-    x3 = _rows(input, view)
+    C = view[1]
     if training:
         _check_training_batch(input, view)
-    running = None if training else (running_mean.data, running_var.data)
-    stats = switchable_stats(x3, running)
-    if training and running_mean is not None:
-        _, mean, var = stats[2]
-        m = stats[2][0].count(view)
-        _blend(running_mean, mean[0], momentum)
-        _blend(running_var, var[0] * (m / (m - 1)), momentum)
+    rows = _row_moments(input, view)  # IN's moments; LN's and BN's are pooled from them
+    stats = [
+        (p, *pooled_moments(*rows, view[2], p))
+        for p in (Pattern(C, False), Pattern(1, False), Pattern(C, True))
+    ]
+    bn_pattern, bn_mean, bn_var = stats[2]
+    if training:
+        m = bn_pattern.count(view)
+        _update_running(running_mean, running_var, bn_mean[0], bn_var[0], m, momentum)
+    else:
+        stats[2] = (bn_pattern, running_mean.data.reshape(1, C), running_var.data.reshape(1, C))
     return switchable_normalize(
         input,
         weight,
