@@ -14,25 +14,29 @@ from .conv import check_input, col2im, output_size, pad2d, pair, windows
 
 class MaxPool2d(Function):
     """y[n, c, h, w] = max of the kh×kw window at (h·sh, w·sw) of x padded with -inf;
-    dx: each dy[n, c, h, w] goes to its window's argmax (the first one on ties)."""
+    dx: each dy[n, c, h, w] goes to its window's argmax (the first one on ties).
+
+    The windows are copied once into a contiguous (N, C, OH, OW, kh·kw) array, so the argmax
+    and the gather run along a contiguous last axis."""
 
     def forward(self, x, kernel, stride, padding):
         xp = backend.get_array_module(x)
         win = windows(pad2d(x, padding, -xp.inf), kernel, stride)
-        if self.needs_input_grad[0]:
-            N, C, kh, kw, OH, OW = win.shape
-            self.argmax = win.reshape(N, C, kh * kw, OH, OW).argmax(axis=2)
-            self.x_shape, self.kernel, self.stride, self.padding = x.shape, kernel, stride, padding
-        return win.max(axis=(2, 3))
+        N, C, _, _, OH, OW = win.shape
+        cols = xp.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3)).reshape(N, C, OH, OW, -1)
+        if not self.needs_input_grad[0]:
+            return cols.max(axis=-1)
+        self.argmax = cols.argmax(axis=-1)[..., None]
+        self.x_shape, self.kernel, self.stride, self.padding = x.shape, kernel, stride, padding
+        return xp.take_along_axis(cols, self.argmax, axis=-1)[..., 0]
 
     def backward(self, grad):
         xp = backend.get_array_module(grad)
         N, C, OH, OW = grad.shape
         kh, kw = self.kernel
-        offsets = xp.arange(kh * kw).reshape(kh * kw, 1, 1)
-        onehot = self.argmax[:, :, None] == offsets  # (N, C, kh·kw, OH, OW)
-        dwin = (onehot * grad[:, :, None]).reshape(N, C, kh, kw, OH, OW)
-        return col2im(dwin, self.x_shape, self.stride, self.padding)
+        onehot = self.argmax == xp.arange(kh * kw)  # (N, C, OH, OW, kh·kw)
+        dwin = (onehot * grad[..., None]).reshape(N, C, OH, OW, kh, kw)
+        return col2im(dwin.transpose(0, 1, 4, 5, 2, 3), self.x_shape, self.stride, self.padding)
 
 
 class AvgPool2d(Function):
