@@ -12,6 +12,9 @@ see every input as x[n, c, s] (S = product of spatial dims) and work on rows r =
                                             alpha[r]·dy·w[c, s] + beta[r]·(x - center[r]) + delta[r]
     column_grad_sums(dy, x, center, scale)  Σ_n dy, Σ_n dy·(x - center[r])·scale[r]
 
+and, for the convolution's single GEMM, `im2col` (the window columns of an image batch) and its
+adjoint `col2im`.
+
 Row arguments may be anything that broadcasts to (N, C); `w`, `b` are (C, S) tables or None.
 Sums come back in float64, arrays in x's dtype.
 """
@@ -103,3 +106,31 @@ def combine(dy, x, center, alpha, beta, delta, w=None):
 def column_grad_sums(dy, x, center, scale):
     x, dy = _view(x), _view(dy)
     return _impl(x).column_grad_sums(dy, x, _rows(center, x), _rows(scale, x))
+
+
+def im2col(x, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]):
+    """The convolution's columns: x (N, C, H, W) -> (C·kh·kw, N·OH·OW), zero padding implied."""
+    x = _xp(x).ascontiguousarray(x)
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    cols = _xp(x).empty((C, kh, kw, N, OH, OW), x.dtype)
+    _impl(x).im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols)
+    return cols.reshape(C * kh * kw, N * OH * OW)
+
+
+def col2im(
+    dcols,
+    shape: tuple[int, ...],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+):
+    """The adjoint of `im2col`: dcols (C·kh·kw, N·OH·OW) summed back into dx of `shape`
+    (N, C, H, W), overlapping windows adding up."""
+    N, C, H, W = shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    cols = _xp(dcols).ascontiguousarray(dcols).reshape(C, kh, kw, N, OH, OW)
+    dx = _xp(dcols).empty(shape, dcols.dtype)
+    return _impl(dcols).col2im(cols, sh, sw, ph, pw, dx)

@@ -146,3 +146,48 @@ def column_grad_sums(dy, x, center, scale):
                 db[c, i] += g
                 dw[c, i] += g * ((row[i] - m) * a)
     return db, dw
+
+
+@njit(parallel=True, cache=True)
+def im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
+    """cols[c, i, j, n, oh, ow] = x[n, c, oh·sh + i - ph, ow·sw + j - pw] (0 outside x), for the
+    convolution's single GEMM; `cols` is (C, kh, kw, N, OH, OW). Parallel over the C·kh·kw rows."""
+    N, C, H, W = x.shape
+    for k in prange(C * kh * kw):
+        c, i, j = k // (kh * kw), (k // kw) % kh, k % kw
+        for n in range(N):
+            for oh in range(OH):
+                h = oh * sh + i - ph
+                row = cols[c, i, j, n, oh]
+                if h < 0 or h >= H:
+                    row[:] = 0
+                    continue
+                for ow in range(OW):
+                    w = ow * sw + j - pw
+                    row[ow] = x[n, c, h, w] if 0 <= w < W else 0
+    return cols
+
+
+@njit(parallel=True, cache=True)
+def col2im(cols, sh, sw, ph, pw, dx):
+    """The adjoint of `im2col`: dx[n, c, h, w] = Σ cols[c, i, j, n, oh, ow] over the (i, j, oh,
+    ow) with oh·sh + i - ph = h and ow·sw + j - pw = w; `dx` (N, C, H, W) is overwritten.
+    Parallel over the (n, c) planes, so no two threads add into the same values."""
+    C, kh, kw, N, OH, OW = cols.shape
+    H, W = dx.shape[2:]
+    for p in prange(N * C):
+        n, c = p // C, p % C
+        plane = dx[n, c]
+        plane[:] = 0
+        for i in range(kh):
+            for j in range(kw):
+                for oh in range(OH):
+                    h = oh * sh + i - ph
+                    if h < 0 or h >= H:
+                        continue
+                    src = cols[c, i, j, n, oh]
+                    for ow in range(OW):
+                        w = ow * sw + j - pw
+                        if 0 <= w < W:
+                            plane[h, w] += src[ow]
+    return dx

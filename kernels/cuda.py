@@ -214,3 +214,58 @@ def column_grad_sums(dy, x, center, scale):
         _rows(dy), _rows(x), center.reshape(-1), scale.reshape(-1), N, C, S, db, dw
     )
     return db, dw
+
+
+@cuda.jit
+def _im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
+    """One thread per element of cols (C, kh, kw, N, OH, OW), consecutive threads along ow."""
+    t = cuda.grid(1)
+    N, C, H, W = x.shape
+    if t >= C * kh * kw * N * OH * OW:
+        return
+    ow = t % OW
+    oh = (t // OW) % OH
+    n = (t // (OW * OH)) % N
+    j = (t // (OW * OH * N)) % kw
+    i = (t // (OW * OH * N * kw)) % kh
+    c = t // (OW * OH * N * kw * kh)
+    h, w = oh * sh + i - ph, ow * sw + j - pw
+    cols[c, i, j, n, oh, ow] = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else 0
+
+
+@cuda.jit
+def _col2im(cols, sh, sw, ph, pw, dx):
+    """One thread per element of dx (N, C, H, W): it gathers the window entries that came from
+    its position (no atomics needed)."""
+    t = cuda.grid(1)
+    C, kh, kw, N, OH, OW = cols.shape
+    H, W = dx.shape[2:]
+    if t >= N * C * H * W:
+        return
+    w = t % W
+    h = (t // W) % H
+    c = (t // (W * H)) % C
+    n = t // (W * H * C)
+    total = 0.0
+    for i in range(kh):
+        if (h + ph - i) % sh == 0:
+            oh = (h + ph - i) // sh
+            if 0 <= oh < OH:
+                for j in range(kw):
+                    if (w + pw - j) % sw == 0:
+                        ow = (w + pw - j) // sw
+                        if 0 <= ow < OW:
+                            total += cols[c, i, j, n, oh, ow]
+    dx[n, c, h, w] = total
+
+
+def im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
+    """See cpu.im2col."""
+    _im2col[_grid(cols.size), THREADS](x, kh, kw, sh, sw, ph, pw, OH, OW, cols)
+    return cols
+
+
+def col2im(cols, sh, sw, ph, pw, dx):
+    """See cpu.col2im."""
+    _col2im[_grid(dx.size), THREADS](cols, sh, sw, ph, pw, dx)
+    return dx

@@ -665,3 +665,69 @@ def test_kernels_load_as_a_standalone_package(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+
+
+# ---- im2col / col2im: the convolution's column kernels ----------------------------------------
+# (input shape, kernel, stride, padding): square and non-square kernels, stride 2, padding,
+# a kernel as large as the padded input, and sizes that are not multiples of anything
+CONV_CASES = [
+    ((2, 3, 7, 5), (3, 3), (1, 1), (1, 1)),
+    ((1, 2, 9, 8), (2, 3), (2, 1), (0, 1)),
+    ((3, 1, 6, 6), (5, 5), (1, 1), (2, 2)),
+    ((1, 1, 4, 3), (4, 3), (1, 1), (0, 0)),
+    ((2, 2, 7, 7), (3, 2), (2, 3), (1, 1)),
+]
+conv_param = pytest.mark.parametrize(("shape", "kernel", "stride", "padding"), CONV_CASES, ids=str)
+
+
+def ref_im2col(x, kernel, stride, padding):
+    """Row (c, i, j), column (n, h, w) = x[n, c, h·sh + i - ph, w·sw + j - pw], by loops."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    cols = np.zeros((C, kh, kw, N, OH, OW), x.dtype)
+    for c, i, j, n, h, w in np.ndindex(cols.shape):
+        y, z = h * sh + i - ph, w * sw + j - pw
+        if 0 <= y < H and 0 <= z < W:
+            cols[c, i, j, n, h, w] = x[n, c, y, z]
+    return cols.reshape(C * kh * kw, N * OH * OW)
+
+
+@conv_param
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cpu_im2col_and_its_adjoint_col2im(rng, shape, kernel, stride, padding, dtype):
+    x = rng.standard_normal(shape).astype(dtype)
+    cols = kernels.im2col(x, kernel, stride, padding)
+    np.testing.assert_array_equal(cols, ref_im2col(x, kernel, stride, padding))
+    d = rng.standard_normal(cols.shape).astype(dtype)
+    dx = kernels.col2im(d, shape, kernel, stride, padding)
+    # col2im is the transpose of im2col: <im2col(x), d> = <x, col2im(d)> for every x and d
+    lhs = (cols.astype(np.float64) * d).sum()
+    np.testing.assert_allclose(lhs, (x.astype(np.float64) * dx).sum(), rtol=TOL[dtype] * 10)
+    basis = np.zeros(shape, dtype)
+    basis[-1, -1, -1, -1] = 1  # col2im(d) at one position = Σ of d over where it was copied
+    picked = ref_im2col(basis, kernel, stride, padding) != 0
+    np.testing.assert_allclose(
+        dx[-1, -1, -1, -1],
+        d[picked].astype(np.float64).sum(),
+        rtol=TOL[dtype] * 10,
+        atol=TOL[dtype],
+    )
+
+
+@cuda_test
+@conv_param
+def test_cuda_im2col_and_col2im_match_cpu(rng, shape, kernel, stride, padding):
+    x = rng.standard_normal(shape).astype(np.float32)
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    N, C, H, W = shape
+    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    cols = np.empty((C, kh, kw, N, OH, OW), np.float32)
+    gpu.im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols)
+    expected = kernels.im2col(x, kernel, stride, padding)  # the CPU kernel
+    np.testing.assert_array_equal(cols.reshape(expected.shape), expected)
+    d = rng.standard_normal(cols.shape).astype(np.float32)
+    dx = np.empty(shape, np.float32)
+    gpu.col2im(d, sh, sw, ph, pw, dx)
+    expected = kernels.col2im(d.reshape(C * kh * kw, -1), shape, kernel, stride, padding)
+    np.testing.assert_allclose(dx, expected, rtol=1e-5, atol=1e-6)

@@ -1,12 +1,11 @@
 """2-d convolution as one fused op: im2col + one GEMM forward, one GEMM per gradient backward.
 
-The window helpers (`pair`, `output_size`, `pad2d`, `windows`, `col2im`) are shared with
-pooling (`pool.py`). Every one is written with the array module of its data (NumPy or CuPy).
-
-im2col in one picture: `windows` is a strided *view* of the zero-padded input, shaped
-(N, C, kh, kw, OH, OW), whose element [n, c, i, j, h, w] is x_pad[n, c, h·sh + i, w·sw + j].
-Copying it once into a contiguous (C·kh·kw, N·OH·OW) matrix turns the convolution into a matrix
-product; `col2im` is its adjoint: it adds each window position back to where it came from.
+im2col in one picture: the column matrix cols (C·kh·kw, N·OH·OW) holds, at row (c, i, j) and
+column (n, h, w), the input value x[n, c, h·sh + i - ph, w·sw + j - pw] (0 in the padding), so
+the convolution becomes one matrix product with the weight as (O, C·kh·kw); `col2im` is its
+adjoint: it adds each column entry back to where it came from. Both are kernels
+(`tinynorm.kernels`, Numba on the CPU and CUDA on the GPU). The argument checks (`pair`,
+`check_input`, `output_size`) are shared with pooling.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import numbers
 import operator
 from collections.abc import Sequence
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ..tensor import Tensor
 
@@ -61,46 +60,6 @@ def output_size(
     return (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
 
 
-def pad2d(x, padding: tuple[int, int], value: float):
-    """x (N, C, H, W) with `padding` rows/columns of `value` on each side (no copy if none)."""
-    if padding == (0, 0):
-        return x
-    xp = backend.get_array_module(x)
-    ph, pw = padding
-    return xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
-
-
-def windows(x_pad, kernel: tuple[int, int], stride: tuple[int, int]):
-    """The sliding windows of x_pad (N, C, Hp, Wp) as a read-only view (N, C, kh, kw, OH, OW):
-    [n, c, i, j, h, w] = x_pad[n, c, h·sh + i, w·sw + j]. No data is copied."""
-    xp = backend.get_array_module(x_pad)
-    N, C, Hp, Wp = x_pad.shape
-    (kh, kw), (sh, sw) = kernel, stride
-    OH, OW = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
-    sn, sc, sy, sx = x_pad.strides
-    return xp.lib.stride_tricks.as_strided(
-        x_pad, shape=(N, C, kh, kw, OH, OW), strides=(sn, sc, sy, sx, sy * sh, sx * sw)
-    )
-
-
-def col2im(dwin, shape: tuple[int, ...], stride: tuple[int, int], padding: tuple[int, int]):
-    """The adjoint of `windows` after `pad2d`: dwin (..., kh, kw, OH, OW) summed back into an
-    array of `shape` (..., H, W), overlapping windows adding up. The leading axes are any
-    (N, C for pooling; C, N for conv2d, whose gradient columns come in that order). One loop over
-    the kh·kw offsets, each a strided add of a whole (..., OH, OW) block."""
-    xp = backend.get_array_module(dwin)
-    kh, kw, OH, OW = dwin.shape[-4:]
-    (sh, sw), (ph, pw) = stride, padding
-    H, W = shape[-2:]
-    dx_pad = xp.zeros((*shape[:-2], H + 2 * ph, W + 2 * pw), dtype=dwin.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dx_pad[..., i : i + sh * OH : sh, j : j + sw * OW : sw] += dwin[..., i, j, :, :]
-    if padding == (0, 0):
-        return dx_pad
-    return xp.ascontiguousarray(dx_pad[..., ph : ph + H, pw : pw + W])
-
-
 class Conv2d(Function):
     """y[n, o] = Σ_{c,i,j} W[o, c, i, j] · x_pad[n, c, h·sh + i, w·sw + j] + b[o].
 
@@ -110,10 +69,9 @@ class Conv2d(Function):
 
     def forward(self, x, weight, bias, *, stride, padding):
         xp = backend.get_array_module(x)
-        N, (O, C, kh, kw) = x.shape[0], weight.shape
-        win = windows(pad2d(x, padding, 0), (kh, kw), stride)
-        OH, OW = win.shape[4:]
-        cols = xp.ascontiguousarray(win.transpose(1, 2, 3, 0, 4, 5)).reshape(C * kh * kw, -1)
+        N, (O, _, kh, kw) = x.shape[0], weight.shape
+        OH, OW = output_size("conv2d", x.shape, (kh, kw), stride, padding)
+        cols = kernels.im2col(x, (kh, kw), stride, padding)
         w2 = weight.reshape(O, -1)
         y = w2 @ cols
         if bias is not None:
@@ -126,18 +84,14 @@ class Conv2d(Function):
         return xp.ascontiguousarray(y.reshape(O, N, OH, OW).transpose(1, 0, 2, 3))
 
     def backward(self, grad):
-        xp = backend.get_array_module(grad)
-        N, O, OH, OW = grad.shape
-        C, kh, kw = self.w_shape[1:]
+        O = grad.shape[1]
         need_x, need_w, need_b = self.needs_input_grad
         g2 = grad.transpose(1, 0, 2, 3).reshape(O, -1)
         dw = (g2 @ self.cols.T).reshape(self.w_shape) if need_w else None
         dx = None
         if need_x:
-            dcols = self.w2.T @ g2
-            dwin = dcols.reshape(C, kh, kw, N, OH, OW).transpose(0, 3, 1, 2, 4, 5)
-            dx_cn = col2im(dwin, (C, N, *self.x_shape[2:]), self.stride, self.padding)
-            dx = xp.ascontiguousarray(dx_cn.transpose(1, 0, 2, 3))
+            kernel = self.w_shape[2:]
+            dx = kernels.col2im(self.w2.T @ g2, self.x_shape, kernel, self.stride, self.padding)
         return dx, dw, (g2.sum(axis=1) if need_b else None)
 
 

@@ -1,7 +1,8 @@
 """2-d max and average pooling (PyTorch's `F.max_pool2d` and `F.avg_pool2d`).
 
-Both read the windows of the padded input through the strided view of `conv.windows` and send
-gradients back with `conv.col2im`, so overlapping windows (stride < kernel) add up correctly.
+Both read the windows of the padded input through a strided view (`windows`, no copy) and
+send gradients back with `windows_adjoint`, so overlapping windows (stride < kernel) add up
+correctly. Both helpers are written with the array module of the data (NumPy or CuPy).
 """
 
 from __future__ import annotations
@@ -9,7 +10,48 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from .conv import check_input, col2im, output_size, pad2d, pair, windows
+from .conv import check_input, output_size, pair
+
+
+def pad2d(x, padding: tuple[int, int], value: float):
+    """x (N, C, H, W) with `padding` rows/columns of `value` on each side (no copy if none)."""
+    if padding == (0, 0):
+        return x
+    xp = backend.get_array_module(x)
+    ph, pw = padding
+    return xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def windows(x_pad, kernel: tuple[int, int], stride: tuple[int, int]):
+    """The sliding windows of x_pad (N, C, Hp, Wp) as a read-only view (N, C, kh, kw, OH, OW):
+    [n, c, i, j, h, w] = x_pad[n, c, h·sh + i, w·sw + j]. No data is copied."""
+    xp = backend.get_array_module(x_pad)
+    N, C, Hp, Wp = x_pad.shape
+    (kh, kw), (sh, sw) = kernel, stride
+    OH, OW = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
+    sn, sc, sy, sx = x_pad.strides
+    return xp.lib.stride_tricks.as_strided(
+        x_pad, shape=(N, C, kh, kw, OH, OW), strides=(sn, sc, sy, sx, sy * sh, sx * sw)
+    )
+
+
+def windows_adjoint(
+    dwin, shape: tuple[int, ...], stride: tuple[int, int], padding: tuple[int, int]
+):
+    """The adjoint of `windows` after `pad2d`: dwin (N, C, kh, kw, OH, OW) summed back into an
+    array of `shape` (N, C, H, W), overlapping windows adding up. One loop over the kh·kw
+    offsets (4 for the usual 2×2 pooling), each a strided add of a whole (N, C, OH, OW) block."""
+    xp = backend.get_array_module(dwin)
+    kh, kw, OH, OW = dwin.shape[-4:]
+    (sh, sw), (ph, pw) = stride, padding
+    H, W = shape[-2:]
+    dx_pad = xp.zeros((*shape[:-2], H + 2 * ph, W + 2 * pw), dtype=dwin.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx_pad[..., i : i + sh * OH : sh, j : j + sw * OW : sw] += dwin[..., i, j, :, :]
+    if padding == (0, 0):
+        return dx_pad
+    return xp.ascontiguousarray(dx_pad[..., ph : ph + H, pw : pw + W])
 
 
 class MaxPool2d(Function):
@@ -36,7 +78,9 @@ class MaxPool2d(Function):
         kh, kw = self.kernel
         onehot = self.argmax == xp.arange(kh * kw)  # (N, C, OH, OW, kh·kw)
         dwin = (onehot * grad[..., None]).reshape(N, C, OH, OW, kh, kw)
-        return col2im(dwin.transpose(0, 1, 4, 5, 2, 3), self.x_shape, self.stride, self.padding)
+        return windows_adjoint(
+            dwin.transpose(0, 1, 4, 5, 2, 3), self.x_shape, self.stride, self.padding
+        )
 
 
 class AvgPool2d(Function):
@@ -52,7 +96,7 @@ class AvgPool2d(Function):
         N, C, OH, OW = grad.shape
         kh, kw = self.kernel
         dwin = xp.broadcast_to((grad / (kh * kw))[:, :, None, None], (N, C, kh, kw, OH, OW))
-        return col2im(dwin, self.x_shape, self.stride, self.padding)
+        return windows_adjoint(dwin, self.x_shape, self.stride, self.padding)
 
 
 def _pool_params(op, x, kernel_size, stride, padding):
