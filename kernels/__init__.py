@@ -13,7 +13,7 @@ see every input as x[n, c, s] (S = product of spatial dims) and work on rows r =
     column_grad_sums(dy, x, center, scale)  Σ_n dy, Σ_n dy·(x - center[r])·scale[r]
 
 and, for the convolution's single GEMM, `im2col` (the window columns of an image batch) and its
-adjoint `col2im`.
+adjoint `col2im`; for max pooling, `max_pool` (values and argmax) and `max_pool_backward`.
 
 Row arguments may be anything that broadcasts to (N, C); `w`, `b` are (C, S) tables or None.
 Sums come back in float64, arrays in x's dtype.
@@ -134,3 +134,33 @@ def col2im(
     cols = _xp(dcols).ascontiguousarray(dcols).reshape(C, kh, kw, N, OH, OW)
     dx = _xp(dcols).empty(shape, dcols.dtype)
     return _impl(dcols).col2im(cols, sh, sw, ph, pw, dx)
+
+
+def max_pool(x, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]):
+    """y (N, C, OH, OW), the max of each window (padding never wins), and the window offset of
+    the first maximum (int8 if it fits)."""
+    xp = _xp(x)
+    x = xp.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    y = xp.empty((N, C, OH, OW), x.dtype)
+    arg = xp.empty((N, C, OH, OW), np.int8 if kh * kw <= 127 else np.int32)
+    _impl(x).max_pool(x, kh, kw, sh, sw, ph, pw, y, arg)
+    return y, arg
+
+
+def max_pool_backward(
+    dy,
+    arg,
+    shape: tuple[int, ...],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+):
+    """dx of `shape` (N, C, H, W): each dy at its window's argmax, overlaps adding up."""
+    xp = _xp(dy)
+    dy = xp.ascontiguousarray(dy)
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    dx = xp.empty(shape, dy.dtype)
+    return _impl(dy).max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx)

@@ -191,3 +191,46 @@ def col2im(cols, sh, sw, ph, pw, dx):
                         if 0 <= w < W:
                             plane[h, w] += src[ow]
     return dx
+
+
+@njit(parallel=True, cache=True)
+def max_pool(x, kh, kw, sh, sw, ph, pw, y, arg):
+    """y[n, c, oh, ow] = max of the window at (oh·sh - ph, ow·sw - pw) (positions outside x
+    excluded, as if padded with -inf); arg = the window offset i·kw + j of the first maximum.
+    Parallel over the (n, c) planes."""
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2:]
+    for p in prange(N * C):
+        n, c = p // C, p % C
+        plane = x[n, c]
+        for oh in range(OH):
+            for ow in range(OW):
+                best = -np.inf
+                where = 0
+                for i in range(kh):
+                    h = oh * sh + i - ph
+                    if 0 <= h < H:
+                        for j in range(kw):
+                            w = ow * sw + j - pw
+                            if 0 <= w < W and plane[h, w] > best:
+                                best = plane[h, w]
+                                where = i * kw + j
+                y[n, c, oh, ow] = best
+                arg[n, c, oh, ow] = where
+    return y
+
+
+@njit(parallel=True, cache=True)
+def max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx):
+    """dx (overwritten) gets each dy[n, c, oh, ow] at its window's argmax; overlapping windows
+    add up. Parallel over the (n, c) planes. (`kh` is unused here; the CUDA twin needs it.)"""
+    N, C, OH, OW = dy.shape
+    for p in prange(N * C):
+        n, c = p // C, p % C
+        plane = dx[n, c]
+        plane[:] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                a = arg[n, c, oh, ow]
+                plane[oh * sh + a // kw - ph, ow * sw + a % kw - pw] += dy[n, c, oh, ow]
+    return dx

@@ -269,3 +269,59 @@ def col2im(cols, sh, sw, ph, pw, dx):
     """See cpu.col2im."""
     _col2im[_grid(dx.size), THREADS](cols, sh, sw, ph, pw, dx)
     return dx
+
+
+@cuda.jit
+def _max_pool(x, kh, kw, sh, sw, ph, pw, y, arg):
+    """One thread per output value (see cpu.max_pool)."""
+    t = cuda.grid(1)
+    C, H, W = x.shape[1:]
+    OH, OW = y.shape[2:]
+    if t >= y.size:
+        return
+    ow, oh, c, n = t % OW, (t // OW) % OH, (t // (OW * OH)) % C, t // (OW * OH * C)
+    best = -math.inf
+    where = 0
+    for i in range(kh):
+        h = oh * sh + i - ph
+        if 0 <= h < H:
+            for j in range(kw):
+                w = ow * sw + j - pw
+                if 0 <= w < W and x[n, c, h, w] > best:
+                    best = x[n, c, h, w]
+                    where = i * kw + j
+    y[n, c, oh, ow] = best
+    arg[n, c, oh, ow] = where
+
+
+@cuda.jit
+def _max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx):
+    """One thread per input value: it gathers dy from the windows whose argmax it is."""
+    t = cuda.grid(1)
+    C, H, W = dx.shape[1:]
+    OH, OW = dy.shape[2:]
+    if t >= dx.size:
+        return
+    w, h, c, n = t % W, (t // W) % H, (t // (W * H)) % C, t // (W * H * C)
+    total = 0.0
+    for i in range(kh):
+        if (h + ph - i) % sh == 0 and 0 <= (h + ph - i) // sh < OH:
+            oh = (h + ph - i) // sh
+            for j in range(kw):
+                if (w + pw - j) % sw == 0 and 0 <= (w + pw - j) // sw < OW:
+                    ow = (w + pw - j) // sw
+                    if arg[n, c, oh, ow] == i * kw + j:
+                        total += dy[n, c, oh, ow]
+    dx[n, c, h, w] = total
+
+
+def max_pool(x, kh, kw, sh, sw, ph, pw, y, arg):
+    """See cpu.max_pool."""
+    _max_pool[_grid(y.size), THREADS](x, kh, kw, sh, sw, ph, pw, y, arg)
+    return y
+
+
+def max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx):
+    """See cpu.max_pool_backward."""
+    _max_pool_backward[_grid(dx.size), THREADS](dy, arg, kh, kw, sh, sw, ph, pw, dx)
+    return dx

@@ -731,3 +731,60 @@ def test_cuda_im2col_and_col2im_match_cpu(rng, shape, kernel, stride, padding):
     gpu.col2im(d, sh, sw, ph, pw, dx)
     expected = kernels.col2im(d.reshape(C * kh * kw, -1), shape, kernel, stride, padding)
     np.testing.assert_allclose(dx, expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- max pooling: values with argmax, and the gradient scatter -------------------------------
+POOL_CASES = [
+    ((2, 3, 7, 5), (2, 2), (2, 2), (0, 0)),
+    ((1, 2, 6, 7), (3, 3), (2, 2), (1, 1)),  # overlapping windows, padding
+    ((2, 1, 5, 5), (3, 2), (1, 1), (1, 0)),  # stride 1: every value in several windows
+    ((1, 1, 1, 1), (1, 1), (1, 1), (0, 0)),
+]
+pool_param = pytest.mark.parametrize(("shape", "kernel", "stride", "padding"), POOL_CASES, ids=str)
+
+
+def ref_max_pool(x, dy_shape_source, kernel, stride, padding):
+    """Values and the scatter of a given dy, by loops over every window (ties: first max)."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    y = np.empty((N, C, OH, OW), x.dtype)
+    dy = dy_shape_source((N, C, OH, OW))
+    dx = np.zeros_like(x)
+    for n, c, oh, ow in np.ndindex(y.shape):
+        cells = [(oh * sh + i - ph, ow * sw + j - pw) for i in range(kh) for j in range(kw)]
+        cells = [(h, w) for h, w in cells if 0 <= h < H and 0 <= w < W]
+        h, w = max(cells, key=lambda hw: (x[n, c, hw[0], hw[1]], -cells.index(hw)))
+        y[n, c, oh, ow] = x[n, c, h, w]
+        dx[n, c, h, w] += dy[n, c, oh, ow]
+    return y, dy, dx
+
+
+@pool_param
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cpu_max_pool_and_its_backward(rng, shape, kernel, stride, padding, dtype):
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[::3] = x.flat[0]  # ties: the first maximum of a window wins
+    y_ref, dy, dx_ref = ref_max_pool(
+        x, lambda s: rng.standard_normal(s).astype(dtype), kernel, stride, padding
+    )
+    y, arg = kernels.max_pool(x, kernel, stride, padding)
+    np.testing.assert_array_equal(y, y_ref)
+    dx = kernels.max_pool_backward(dy, arg, shape, kernel, stride, padding)
+    np.testing.assert_allclose(dx, dx_ref, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@cuda_test
+@pool_param
+def test_cuda_max_pool_matches_cpu(rng, shape, kernel, stride, padding):
+    x = rng.standard_normal(shape).astype(np.float32)
+    y_cpu, arg_cpu = kernels.max_pool(x, kernel, stride, padding)
+    y, arg = np.empty_like(y_cpu), np.empty_like(arg_cpu)
+    gpu.max_pool(x, *kernel, *stride, *padding, y, arg)
+    np.testing.assert_array_equal(y, y_cpu)
+    np.testing.assert_array_equal(arg, arg_cpu)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = np.empty_like(x)
+    gpu.max_pool_backward(dy, arg, *kernel, *stride, *padding, dx)
+    expected = kernels.max_pool_backward(dy, arg_cpu, shape, kernel, stride, padding)
+    np.testing.assert_allclose(dx, expected, rtol=1e-6, atol=1e-6)

@@ -1,13 +1,14 @@
 """2-d max and average pooling (PyTorch's `F.max_pool2d` and `F.avg_pool2d`).
 
-Both read the windows of the padded input through a strided view (`windows`, no copy) and
-send gradients back with `windows_adjoint`, so overlapping windows (stride < kernel) add up
-correctly. Both helpers are written with the array module of the data (NumPy or CuPy).
+Max pooling runs on two kernels of `tinynorm.kernels` (values with argmax, and the scatter of
+the gradient). Average pooling reads the windows of the padded input through a strided view
+(`windows`, no copy) and sends gradients back with `windows_adjoint`, both written with the
+array module of the data (NumPy or CuPy); overlapping windows (stride < kernel) add up.
 """
 
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ..tensor import Tensor
 from .conv import check_input, output_size, pair
@@ -56,30 +57,17 @@ def windows_adjoint(
 
 class MaxPool2d(Function):
     """y[n, c, h, w] = max of the kh×kw window at (h·sh, w·sw) of x padded with -inf;
-    dx: each dy[n, c, h, w] goes to its window's argmax (the first one on ties).
-
-    The windows are copied once into a contiguous (N, C, OH, OW, kh·kw) array, so the argmax
-    and the gather run along a contiguous last axis."""
+    dx: each dy[n, c, h, w] goes to its window's argmax (the first one on ties). Both passes
+    are kernels (`tinynorm.kernels.max_pool`, `max_pool_backward`) that keep the argmax."""
 
     def forward(self, x, kernel, stride, padding):
-        xp = backend.get_array_module(x)
-        win = windows(pad2d(x, padding, -xp.inf), kernel, stride)
-        N, C, _, _, OH, OW = win.shape
-        cols = xp.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3)).reshape(N, C, OH, OW, -1)
-        if not self.needs_input_grad[0]:
-            return cols.max(axis=-1)
-        self.argmax = cols.argmax(axis=-1)[..., None]
+        y, self.argmax = kernels.max_pool(x, kernel, stride, padding)
         self.x_shape, self.kernel, self.stride, self.padding = x.shape, kernel, stride, padding
-        return xp.take_along_axis(cols, self.argmax, axis=-1)[..., 0]
+        return y
 
     def backward(self, grad):
-        xp = backend.get_array_module(grad)
-        N, C, OH, OW = grad.shape
-        kh, kw = self.kernel
-        onehot = self.argmax == xp.arange(kh * kw)  # (N, C, OH, OW, kh·kw)
-        dwin = (onehot * grad[..., None]).reshape(N, C, OH, OW, kh, kw)
-        return windows_adjoint(
-            dwin.transpose(0, 1, 4, 5, 2, 3), self.x_shape, self.stride, self.padding
+        return kernels.max_pool_backward(
+            grad, self.argmax, self.x_shape, self.kernel, self.stride, self.padding
         )
 
 
