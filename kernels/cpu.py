@@ -148,23 +148,34 @@ def column_grad_sums(dy, x, center, scale):
     return db, dw
 
 
+@njit(cache=True)
+def _valid(o, k, s, p, size, count):
+    """The range [lo, hi) of output positions o whose input o·s + k - p lies in [0, size)."""
+    lo = max(0, (p - k + s - 1) // s)
+    hi = min(count, (size - 1 + p - k) // s + 1)
+    return lo, max(lo, hi)
+
+
 @njit(parallel=True, cache=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
     """cols[c, i, j, n, oh, ow] = x[n, c, oh·sh + i - ph, ow·sw + j - pw] (0 outside x), for the
-    convolution's single GEMM; `cols` is (C, kh, kw, N, OH, OW). Parallel over the C·kh·kw rows."""
+    convolution's single GEMM; `cols` is (C, kh, kw, N, OH, OW). Parallel over the C·kh·kw rows;
+    the in-bounds range of each row is computed once, so the inner loop has no branch."""
     N, C, H, W = x.shape
     for k in prange(C * kh * kw):
         c, i, j = k // (kh * kw), (k // kw) % kh, k % kw
+        h_lo, h_hi = _valid(0, i, sh, ph, H, OH)
+        w_lo, w_hi = _valid(0, j, sw, pw, W, OW)
+        block = cols[c, i, j]
+        block[:, :h_lo] = 0
+        block[:, h_hi:] = 0
         for n in range(N):
-            for oh in range(OH):
-                h = oh * sh + i - ph
-                row = cols[c, i, j, n, oh]
-                if h < 0 or h >= H:
-                    row[:] = 0
-                    continue
-                for ow in range(OW):
-                    w = ow * sw + j - pw
-                    row[ow] = x[n, c, h, w] if 0 <= w < W else 0
+            for oh in range(h_lo, h_hi):
+                src, dst = x[n, c, oh * sh + i - ph], block[n, oh]
+                dst[:w_lo] = 0
+                dst[w_hi:] = 0
+                for ow in range(w_lo, w_hi):
+                    dst[ow] = src[ow * sw + j - pw]
     return cols
 
 
@@ -172,24 +183,23 @@ def im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
 def col2im(cols, sh, sw, ph, pw, dx):
     """The adjoint of `im2col`: dx[n, c, h, w] = Σ cols[c, i, j, n, oh, ow] over the (i, j, oh,
     ow) with oh·sh + i - ph = h and ow·sw + j - pw = w; `dx` (N, C, H, W) is overwritten.
-    Parallel over the (n, c) planes, so no two threads add into the same values."""
+    Parallel over the channels, so no two threads add into the same values; each reads its
+    cols[c] sequentially."""
     C, kh, kw, N, OH, OW = cols.shape
     H, W = dx.shape[2:]
-    for p in prange(N * C):
-        n, c = p // C, p % C
-        plane = dx[n, c]
-        plane[:] = 0
+    for c in prange(C):
+        for n in range(N):
+            dx[n, c] = 0
         for i in range(kh):
+            h_lo, h_hi = _valid(0, i, sh, ph, H, OH)
             for j in range(kw):
-                for oh in range(OH):
-                    h = oh * sh + i - ph
-                    if h < 0 or h >= H:
-                        continue
-                    src = cols[c, i, j, n, oh]
-                    for ow in range(OW):
-                        w = ow * sw + j - pw
-                        if 0 <= w < W:
-                            plane[h, w] += src[ow]
+                w_lo, w_hi = _valid(0, j, sw, pw, W, OW)
+                for n in range(N):
+                    plane = dx[n, c]
+                    for oh in range(h_lo, h_hi):
+                        src, dst = cols[c, i, j, n, oh], plane[oh * sh + i - ph]
+                        for ow in range(w_lo, w_hi):
+                            dst[ow * sw + j - pw] += src[ow]
     return dx
 
 
