@@ -13,6 +13,7 @@ from .. import backend, kernels
 from ..tensor import Tensor
 from .norm import Part, Pattern, normalize, pooled_moments
 from .norm_mixed import mixed_normalize, switchable_normalize
+from .shape import permute, reshape
 from .softmax import softmax
 
 
@@ -124,6 +125,11 @@ def batch_norm(
     """y = (x - μ)/sqrt(σ² + ε)·γ + β per channel. Training: batch μ, σ² (biased), and the
     running estimates move by `momentum` towards μ and the unbiased m/(m-1)·σ². Eval: running."""
     view = nc_view(input, "batch_norm", None if weight is None else weight.shape[0])
+    N, C, S = view
+    if S == 1 and N > 1:  # rows of one value: normalize the transpose (1, C, N) instead
+        columns = reshape(permute(reshape(input, (N, C)), (1, 0)), (1, C, N))
+        y = batch_norm(columns, running_mean, running_var, weight, bias, training, momentum, eps)
+        return reshape(permute(reshape(y, (C, N)), (1, 0)), input.shape)
     rows = _row_moments(input, view) if training else None
     part = _batch_part(input, view, rows, running_mean, running_var, training, momentum, eps)
     return _apply(input, weight, bias, view, part)
