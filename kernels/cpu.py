@@ -131,20 +131,24 @@ def column_grad_sums(dy, x, center, scale):
     (the gradients of an elementwise affine b[c, s] and w[c, s]). Parallel over blocks of
     positions, so a single channel (LayerNorm's (N, 1, S) view) still uses every thread."""
     N, C, S = x.shape
-    db = np.zeros((C, S))
-    dw = np.zeros((C, S))
+    db = np.empty((C, S))
+    dw = np.empty((C, S))
     blocks = (S + COLUMN_BLOCK - 1) // COLUMN_BLOCK
     for k in prange(C * blocks):
         c = k // blocks
         lo = (k % blocks) * COLUMN_BLOCK
         hi = min(lo + COLUMN_BLOCK, S)
+        acc_b = np.zeros(hi - lo)  # this task's block, kept in L1 across the N rows
+        acc_w = np.zeros(hi - lo)
         for n in range(N):
             m, a = center[n, c], scale[n, c]
-            grow, row = dy[n, c], x[n, c]
-            for i in range(lo, hi):
+            grow, row = dy[n, c, lo:hi], x[n, c, lo:hi]
+            for i in range(hi - lo):
                 g = np.float64(grow[i])
-                db[c, i] += g
-                dw[c, i] += g * ((row[i] - m) * a)
+                acc_b[i] += g
+                acc_w[i] += g * ((row[i] - m) * a)
+        db[c, lo:hi] = acc_b
+        dw[c, lo:hi] = acc_w
     return db, dw
 
 
