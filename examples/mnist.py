@@ -206,7 +206,8 @@ def load_checkpoint(path: str) -> dict:
             state = pickle.load(f)
     except (OSError, pickle.UnpicklingError, EOFError) as err:
         raise ValueError(f"cannot read checkpoint {path}: {err}") from None
-    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "norm"} <= set(state):
+    keys = {"model", "optimizer", "schedule", "epoch", "norm", "log"}
+    if not isinstance(state, dict) or not keys <= set(state):
         raise ValueError(f"{path} is not a tinynorm MNIST checkpoint")
     return state
 
@@ -232,6 +233,7 @@ def run(args: argparse.Namespace) -> float:
     else:
         opt = tn.optim.Adam(params, lr=args.lr)
     schedule = tn.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.epochs))
+    model.to(args.device)  # before the optimizer state is loaded, so it lands on the device too
     start, rows = 0, []
     if args.resume:
         state = load_checkpoint(args.resume)
@@ -242,7 +244,6 @@ def run(args: argparse.Namespace) -> float:
         schedule.load_state_dict(state["schedule"])
         start, rows = state["epoch"], state["log"]
         print(f"resumed from {args.resume} after epoch {start}")
-    model.to(args.device)
 
     if args.eval_only:
         return evaluate(model, test, args.device)

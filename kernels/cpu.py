@@ -153,7 +153,7 @@ def column_grad_sums(dy, x, center, scale):
 
 
 @njit(cache=True)
-def _valid(o, k, s, p, size, count):
+def _valid(k, s, p, size, count):
     """The range [lo, hi) of output positions o whose input o·s + k - p lies in [0, size)."""
     lo = max(0, (p - k + s - 1) // s)
     hi = min(count, (size - 1 + p - k) // s + 1)
@@ -168,8 +168,8 @@ def im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
     N, C, H, W = x.shape
     for k in prange(C * kh * kw):
         c, i, j = k // (kh * kw), (k // kw) % kh, k % kw
-        h_lo, h_hi = _valid(0, i, sh, ph, H, OH)
-        w_lo, w_hi = _valid(0, j, sw, pw, W, OW)
+        h_lo, h_hi = _valid(i, sh, ph, H, OH)
+        w_lo, w_hi = _valid(j, sw, pw, W, OW)
         block = cols[c, i, j]
         block[:, :h_lo] = 0
         block[:, h_hi:] = 0
@@ -195,9 +195,9 @@ def col2im(cols, sh, sw, ph, pw, dx):
         for n in range(N):
             dx[n, c] = 0
         for i in range(kh):
-            h_lo, h_hi = _valid(0, i, sh, ph, H, OH)
+            h_lo, h_hi = _valid(i, sh, ph, H, OH)
             for j in range(kw):
-                w_lo, w_hi = _valid(0, j, sw, pw, W, OW)
+                w_lo, w_hi = _valid(j, sw, pw, W, OW)
                 for n in range(N):
                     plane = dx[n, c]
                     for oh in range(h_lo, h_hi):
@@ -210,7 +210,8 @@ def col2im(cols, sh, sw, ph, pw, dx):
 @njit(parallel=True, cache=True)
 def max_pool(x, kh, kw, sh, sw, ph, pw, y, arg):
     """y[n, c, oh, ow] = max of the window at (oh·sh - ph, ow·sw - pw) (positions outside x
-    excluded, as if padded with -inf); arg = the window offset i·kw + j of the first maximum.
+    excluded, as if padded with -inf; a NaN is the maximum); arg = the window offset i·kw + j
+    of the first maximum.
     Parallel over the (n, c) planes."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2:]
@@ -220,13 +221,16 @@ def max_pool(x, kh, kw, sh, sw, ph, pw, y, arg):
         for oh in range(OH):
             for ow in range(OW):
                 best = -np.inf
-                where = 0
+                where = -1
                 for i in range(kh):
                     h = oh * sh + i - ph
                     if 0 <= h < H:
                         for j in range(kw):
                             w = ow * sw + j - pw
-                            if 0 <= w < W and plane[h, w] > best:
+                            # the first in-bounds value starts; a NaN wins and stays (PyTorch)
+                            if 0 <= w < W and (
+                                where < 0 or (best == best and not plane[h, w] <= best)
+                            ):
                                 best = plane[h, w]
                                 where = i * kw + j
                 y[n, c, oh, ow] = best

@@ -1,4 +1,5 @@
-"""CUDA normalization kernels: the same five functions as `cpu.py`, on CuPy arrays.
+"""CUDA kernels: the same functions as `cpu.py` (the norm family, im2col/col2im, max pooling),
+on CuPy arrays.
 
 `w`/`b` are None when there is no elementwise affine (a 1×1 placeholder and a flag reach the
 kernel); the row arrays (N, C) must already be contiguous and in the data's dtype.
@@ -7,7 +8,8 @@ Arrays cross zero-copy through `__cuda_array_interface__`; outputs are allocated
 array module of the input (CuPy on a GPU; NumPy under Numba's CUDA simulator in the tests).
 
 Reductions are two-stage. Stage 1: a block of THREADS threads reduces one chunk of CHUNK values
-of one row in shared memory, so a few long rows still fill the GPU with (rows × chunks) blocks.
+of one row in shared memory, so a few long rows still fill the GPU with (rows × chunks) blocks
+(rows on the grid's x axis, which allows 2³¹ - 1 blocks; chunks on y, at most 65,535).
 Stage 2 folds the per-chunk partials of each row on the (rows, chunks) arrays: plain sums for
 gradient sums, Chan's formula for the moments (M2 = Σ M2ᵢ + Σ nᵢ (meanᵢ - mean)²). Elementwise
 kernels use one thread per value with consecutive threads on consecutive addresses (coalesced).
@@ -19,6 +21,8 @@ import math
 
 import numpy as np
 from numba import config, cuda, float64
+
+from . import _xp  # the array module of the data: CuPy on a GPU, NumPy in the simulator
 
 # threads per block (a power of two); the simulator runs each thread in Python, so it gets fewer
 THREADS = 32 if config.ENABLE_CUDASIM else 128
@@ -44,8 +48,8 @@ def _block_sum(shared, value):
 
 @cuda.jit
 def _chunk_moments(x, S, chunk, mean_out, m2_out):
-    """Block (chunk j, row r): mean and M2 of x[r, j·chunk : (j+1)·chunk], two passes."""
-    j, r = cuda.blockIdx.x, cuda.blockIdx.y
+    """Block (row r, chunk j): mean and M2 of x[r, j·chunk : (j+1)·chunk], two passes."""
+    r, j = cuda.blockIdx.x, cuda.blockIdx.y
     shared = cuda.shared.array(THREADS, float64)
     lo = j * chunk
     hi = min(lo + chunk, S)
@@ -65,8 +69,8 @@ def _chunk_moments(x, S, chunk, mean_out, m2_out):
 
 @cuda.jit
 def _chunk_grad_sums(dy, x, center, w, has_w, C, S, chunk, g_out, gx_out):
-    """Block (chunk j, row r): Σ dy·w and Σ dy·w·(x - center[r]) over the chunk."""
-    j, r = cuda.blockIdx.x, cuda.blockIdx.y
+    """Block (row r, chunk j): Σ dy·w and Σ dy·w·(x - center[r]) over the chunk."""
+    r, j = cuda.blockIdx.x, cuda.blockIdx.y
     shared = cuda.shared.array(THREADS, float64)
     lo = j * chunk
     hi = min(lo + chunk, S)
@@ -132,15 +136,6 @@ def _column_grad_sums(dy, x, center, scale, N, C, S, db, dw):
     dw[c, s] = b
 
 
-def _xp(x):
-    """The array module of `x`: CuPy on a GPU, NumPy under the simulator."""
-    if type(x).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np
-
-
 def _rows(x):
     N, C, S = x.shape
     return x.reshape(N * C, S)
@@ -164,7 +159,7 @@ def row_moments(x, chunk: int = CHUNK):
     chunks = math.ceil(S / chunk)
     mean = xp.empty((N * C, chunks))
     m2 = xp.empty((N * C, chunks))
-    _chunk_moments[(chunks, N * C), THREADS](_rows(x), S, chunk, mean, m2)
+    _chunk_moments[(N * C, chunks), THREADS](_rows(x), S, chunk, mean, m2)
     counts = xp.asarray([min(chunk, S - j * chunk) for j in range(chunks)], dtype=np.float64)
     row_mean = (mean * counts).sum(axis=1) / S
     row_m2 = (m2 + counts * (mean - row_mean[:, None]) ** 2).sum(axis=1)
@@ -178,7 +173,7 @@ def row_grad_sums(dy, x, center, w=None, chunk: int = CHUNK):
     chunks = math.ceil(S / chunk)
     g = xp.empty((N * C, chunks))
     gx = xp.empty((N * C, chunks))
-    _chunk_grad_sums[(chunks, N * C), THREADS](
+    _chunk_grad_sums[(N * C, chunks), THREADS](
         _rows(dy), _rows(x), center.reshape(-1), *_table(w, x), C, S, chunk, g, gx
     )
     return g.sum(axis=1).reshape(N, C), gx.sum(axis=1).reshape(N, C)
@@ -281,13 +276,14 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, y, arg):
         return
     ow, oh, c, n = t % OW, (t // OW) % OH, (t // (OW * OH)) % C, t // (OW * OH * C)
     best = -math.inf
-    where = 0
+    where = -1
     for i in range(kh):
         h = oh * sh + i - ph
         if 0 <= h < H:
             for j in range(kw):
                 w = ow * sw + j - pw
-                if 0 <= w < W and x[n, c, h, w] > best:
+                # the first in-bounds value starts; a NaN wins and stays (PyTorch)
+                if 0 <= w < W and (where < 0 or (best == best and not x[n, c, h, w] <= best)):
                     best = x[n, c, h, w]
                     where = i * kw + j
     y[n, c, oh, ow] = best

@@ -40,3 +40,9 @@ def test_gradcheck_needs_float64():
 def test_gradcheck_needs_an_input_that_requires_grad():
     with pytest.raises(ValueError, match="no input requires grad"):
         tn.gradcheck(lambda x: x * 2, [tn.tensor(np.ones(2))])
+
+
+def test_gradcheck_perturbs_inputs_of_any_memory_layout():
+    x = tn.tensor(np.asfortranarray(np.arange(6.0).reshape(2, 3)) + 0.5, requires_grad=True)
+    assert not x.data.flags.c_contiguous
+    assert tn.gradcheck(lambda x: (x * x).sum(dim=0), [x])

@@ -788,3 +788,13 @@ def test_cuda_max_pool_matches_cpu(rng, shape, kernel, stride, padding):
     gpu.max_pool_backward(dy, arg, *kernel, *stride, *padding, dx)
     expected = kernels.max_pool_backward(dy, arg_cpu, shape, kernel, stride, padding)
     np.testing.assert_allclose(dx, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_lets_nan_win_and_never_points_into_the_padding():
+    x = np.full((1, 1, 3, 3), np.nan, np.float32)
+    y, arg = kernels.max_pool(x, (3, 3), (1, 1), (1, 1))
+    assert np.isnan(y).all()
+    dx = kernels.max_pool_backward(np.ones_like(y), arg, x.shape, (3, 3), (1, 1), (1, 1))
+    assert dx.sum() == y.size  # every gradient landed inside x
+    x2 = np.array([[[[np.nan, 1.0], [2.0, 3.0]]]], np.float32)
+    assert np.isnan(kernels.max_pool(x2, (2, 2), (2, 2), (0, 0))[0]).all()

@@ -725,3 +725,11 @@ def test_small_cnn_gradcheck_wrt_input_and_parameters(rng):
     assert tn.gradcheck(model, [x])
     x.requires_grad = False
     assert tn.gradcheck(lambda *_: model(x), list(model.parameters()))
+
+
+def test_load_state_dict_reports_what_it_did_not_match():
+    net = make_net()
+    state = {k: v for k, v in net.state_dict().items() if k != "1.bias"}
+    state["extra"] = np.zeros(1)
+    result = net.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["1.bias"] and result.unexpected_keys == ["extra"]

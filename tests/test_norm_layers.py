@@ -396,3 +396,30 @@ def test_switchable_norm_mixing_weights_get_gradients(rng):
         assert p.grad is not None and p.grad.shape == (3,)
         assert np.abs(p.grad.numpy()).max() > 1e-4
         close(p.grad.numpy().sum(), 0, atol=1e-5)  # softmax logits: gradients sum to zero
+
+
+def test_fusion_folds_the_current_weight_of_a_weight_normed_layer():
+    from tinynorm.nn.utils import fuse_linear_bn, weight_norm
+
+    tn.manual_seed(0)
+    lin, bn = weight_norm(nn.Linear(4, 3)), nn.BatchNorm1d(3)
+    x = tn.randn(8, 4)
+    bn(lin(x))
+    lin.weight_g.data *= 2  # changed after the last forward: the cached weight is stale
+    bn.eval()
+    np.testing.assert_allclose(fuse_linear_bn(lin, bn)(x).numpy(), bn(lin(x)).numpy(), atol=1e-5)
+
+
+def test_batch_instance_norm_keeps_rho_in_range_in_eval_too():
+    layer = nn.BatchInstanceNorm2d(2).eval()
+    layer.rho.data[...] = [1.7, -0.5]
+    layer(tn.randn(2, 2, 3, 3))
+    assert layer.rho.numpy().tolist() == [1.0, 0.0]
+
+
+def test_functional_norms_without_running_estimates_say_so():
+    x = tn.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="instance_norm without batch statistics needs"):
+        F.instance_norm(x, use_input_stats=False)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        F.batch_norm(x, None, None, tn.ones(3), tn.zeros(3, 1), training=True)

@@ -64,10 +64,20 @@ def test_sigmoid_does_not_overflow():
 @pytest.mark.parametrize("keepdim", [False, True])
 def test_sum_mean_max(rng, dim, keepdim):
     x = t64(rng, 2, 3, 4)
-    for name, ref in (("sum", np.sum), ("mean", np.mean), ("max", np.max)):
+    for name, ref in (("sum", np.sum), ("mean", np.mean), ("amax", np.max)):
         op = lambda x, name=name: getattr(x, name)(dim=dim, keepdim=keepdim)  # noqa: E731
         np.testing.assert_allclose(op(x).numpy(), ref(x.numpy(), axis=dim, keepdims=keepdim))
         assert tn.gradcheck(op, [x])
+
+
+def test_max_along_a_dim_gives_values_and_indices_as_pytorch():
+    x = tn.tensor([[1.0, 5.0, 2.0], [7.0, 0.0, 1.0]], requires_grad=True)
+    values, indices = x.max(dim=1)
+    assert values.tolist() == [5.0, 7.0] and indices.tolist() == [1, 0]
+    assert x.max(1).values.shape == (2,) and x.max(1, keepdim=True).indices.shape == (2, 1)
+    assert x.max().item() == 7.0
+    values.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [[0, 1, 0], [1, 0, 0]])
 
 
 def test_max_shares_the_gradient_among_ties():

@@ -181,3 +181,23 @@ def test_truth_value_of_a_multi_element_tensor_is_an_error():
         bool(a == b)
     assert a in [a]  # membership checks identity first, as in PyTorch
     assert bool(tn.tensor([2.0]) > 1)
+
+
+def test_no_grad_as_a_decorator_survives_recursion():
+    @tn.no_grad()
+    def depth(n):
+        return 0 if n == 0 else 1 + depth(n - 1)
+
+    depth(3)
+    assert tn.is_grad_enabled()
+
+
+def test_vector_dot_vector_is_a_scalar():
+    a = tn.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = a @ tn.tensor([4.0, 5.0, 6.0])
+    assert y.shape == () and y.item() == 32.0
+
+
+def test_arange_keeps_its_step():
+    assert tn.arange(10, step=3).tolist() == [0, 3, 6, 9]
+    assert tn.arange(2, 8, 2).tolist() == [2, 4, 6]

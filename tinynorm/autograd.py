@@ -34,6 +34,9 @@ def is_grad_enabled() -> bool:
 class no_grad(contextlib.ContextDecorator):
     """Context manager and decorator: ops inside record no graph (inference, optimizer steps)."""
 
+    def _recreate_cm(self):  # a fresh instance per decorated call, so nesting and recursion work
+        return type(self)()
+
     def __enter__(self):
         self.previous = is_grad_enabled()
         _state.enabled = False

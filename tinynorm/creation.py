@@ -33,7 +33,9 @@ def rand(*shape, dtype=np.float32, requires_grad: bool = False, device: str = "c
 
 
 def arange(start, end=None, step=1, dtype=None, device: str = "cpu") -> Tensor:
-    array = np.arange(start, end, step) if end is not None else np.arange(start)
+    if end is None:
+        start, end = 0, start
+    array = np.arange(start, end, step)
     if dtype is None:
         dtype = np.int64 if array.dtype.kind in "iu" else np.float32
     return _make(array.astype(dtype), False, device)

@@ -55,15 +55,15 @@ def gradcheck(
     for i in checked:
         x = inputs[i]
         analytic = np.zeros(x.shape) if x.grad is None else x.grad.numpy().astype(np.float64)
-        flat = x.data.reshape(-1)  # a view: perturbing it perturbs the input in place
-        numeric = np.empty(flat.size)
-        for k in range(flat.size):
-            orig = flat[k].item()
-            flat[k] = orig + eps
+        numeric = np.empty(x.data.size)
+        for k in range(x.data.size):
+            at = np.unravel_index(k, x.shape)  # perturb the input in place, whatever its layout
+            orig = x.data[at].item()
+            x.data[at] = orig + eps
             plus = _projected(fn, inputs, v)
-            flat[k] = orig - eps
+            x.data[at] = orig - eps
             minus = _projected(fn, inputs, v)
-            flat[k] = orig
+            x.data[at] = orig
             numeric[k] = (plus - minus) / (2 * eps)
         error = np.abs(analytic.reshape(-1) - numeric) - (atol + rtol * np.abs(numeric))
         worst = int(np.argmax(error)) if error.size else 0

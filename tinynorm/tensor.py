@@ -8,6 +8,7 @@ forwards to the ops in `tinynorm.ops`, where each op's forward and backward stan
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
@@ -253,7 +254,14 @@ class Tensor:
     def mean(self, dim=None, keepdim: bool = False):
         return ops.mean(self, dim, keepdim)
 
-    def max(self, dim=None, keepdim: bool = False):
+    def max(self, dim: int | None = None, keepdim: bool = False):
+        """The largest value, or with `dim` (values, indices) along it, as in PyTorch."""
+        if dim is None:
+            return ops.max(self)
+        return MaxResult(ops.max(self, dim, keepdim), self.argmax(dim, keepdim))
+
+    def amax(self, dim=None, keepdim: bool = False):
+        """The largest values over one or several dims (`dim` an int or a tuple)."""
         return ops.max(self, dim, keepdim)
 
     def argmax(self, dim=None, keepdim: bool = False) -> Tensor:
@@ -285,6 +293,13 @@ class Tensor:
 
     def __getitem__(self, index):
         return ops.getitem(self, index)
+
+
+class MaxResult(NamedTuple):
+    """`Tensor.max(dim)`: the values and their indices (PyTorch's `torch.return_types.max`)."""
+
+    values: Tensor
+    indices: Tensor
 
 
 def _data(x):

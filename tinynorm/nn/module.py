@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +27,13 @@ class Parameter(Tensor):
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
+
+
+class IncompatibleKeys(NamedTuple):
+    """What `load_state_dict` did not match (always empty with strict=True)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 class RemovableHandle:
@@ -223,7 +231,7 @@ class Module:
         """Parameters and persistent buffers by dotted name (detached, sharing memory)."""
         return OrderedDict((k, t.detach()) for k, t in self._state_tensors().items())
 
-    def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> None:
+    def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> IncompatibleKeys:
         """Copy values (Tensors or NumPy arrays) into this module's parameters and buffers,
         keeping each one's dtype and device. With strict=True the keys must match exactly;
         shapes must always match."""
@@ -245,11 +253,13 @@ class Module:
         for key, array in arrays.items():  # all checked first: a bad dict changes nothing
             target = own[key]
             target.data[...] = backend.to_device(array.astype(target.dtype), target.device)
+        return IncompatibleKeys(missing, unexpected)
 
     # ---- dtype and device -------------------------------------------------------------
     def _apply(self, convert: Callable) -> Module:
         """Replace the array of every parameter and buffer by `convert(array)`, in place, so
-        that optimizers holding these Parameters keep working."""
+        that optimizers holding these Parameters keep updating them (an optimizer's own state,
+        such as momentum, is not moved: create or load the optimizer after moving the model)."""
         for module in self.modules():
             for table in (module._parameters, module._buffers):
                 for t in table.values():

@@ -201,8 +201,6 @@ class _BatchRenorm(_NormBase):
     def current_limits(self) -> tuple[float, float]:
         """(rmax, dmax) for the next training step."""
         step = int(self.num_batches_tracked.data)
-        if self.warmup_steps == self.rmax_steps == self.dmax_steps == 0:
-            return self.rmax, self.dmax
         r = 1 + (self.rmax - 1) * self._ramp(step, self.warmup_steps, self.rmax_steps)
         d = self.dmax * self._ramp(step, self.warmup_steps, self.dmax_steps)
         return r, d
@@ -339,7 +337,7 @@ class LayerNorm(Module):
 class BatchInstanceNorm2d(_NormBase):
     """Batch-instance normalization (Nam & Kim 2018): y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β with a
     learned gate ρ per channel, initialized to 1 (pure batch norm) and kept in [0, 1] (clipped
-    before each training forward). x̂_BN uses batch statistics in training, running estimates
+    before each forward). x̂_BN uses batch statistics in training, running estimates
     in eval; x̂_IN always the sample's own."""
 
     ranks = (4,)
@@ -357,8 +355,7 @@ class BatchInstanceNorm2d(_NormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        if self.training:
-            self.rho.data[...] = self.rho.data.clip(0, 1)
+        self.rho.data[...] = self.rho.data.clip(0, 1)
         factor = self._averaging_factor()
         use_batch = self.training or self.running_mean is None
         return ops.batch_instance_norm(

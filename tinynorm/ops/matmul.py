@@ -36,7 +36,8 @@ def matmul(a, b) -> Tensor:
             "in the contracted dimension)"
         )
     if a.ndim == 1:
-        return reshape(matmul(reshape(a, (1, k_a)), b), b.shape[:-2] + b.shape[-1:])
+        out_shape = () if b.ndim == 1 else b.shape[:-2] + b.shape[-1:]
+        return reshape(matmul(reshape(a, (1, k_a)), b), out_shape)
     if b.ndim == 1:
         return reshape(matmul(a, reshape(b, (k_b, 1))), a.shape[:-1])
     return MatMul.apply(a, b)

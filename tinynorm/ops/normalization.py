@@ -1,7 +1,7 @@
 """The functional norm layers (PyTorch's names and signatures where PyTorch has them).
 
 Each variant is a few lines over `norm.py`: choose the `Pattern` its statistics pool, compute
-batch statistics with the `moments` kernel or take running estimates, update the running
+batch statistics from the `row_moments` kernel or take running estimates, update the running
 estimates in place, and call the one fused `normalize` op.
 """
 
@@ -17,16 +17,22 @@ from .shape import permute, reshape
 from .softmax import softmax
 
 
-def nc_view(x: Tensor, op: str, num_channels: int | None = None) -> tuple[int, int, int]:
-    """(N, C, S) for an input (N, C, *spatial), or an error naming what is wrong with it."""
+def nc_view(x: Tensor, op: str, **per_channel: Tensor | None) -> tuple[int, int, int]:
+    """(N, C, S) for an input (N, C, *spatial), or an error naming what is wrong with it or
+    with one of the `per_channel` tensors (weight, bias, running estimates), which must be (C,)."""
     if x.dtype.kind != "f":
         raise TypeError(f"{op}: expected a floating-point input, got dtype {x.dtype}")
     if x.ndim < 2:
         raise ValueError(f"{op}: expected an input (N, C, ...), got shape {x.shape}")
     n, c = x.shape[:2]
-    if num_channels is not None and c != num_channels:
+    for name, t in per_channel.items():
+        if t is None or tuple(t.shape) == (c,):
+            continue
+        if t.ndim != 1:
+            raise ValueError(f"{op}: {name} must have shape ({c},), got {tuple(t.shape)}")
         raise ValueError(
-            f"{op}: expected {num_channels} channels, got input of shape {x.shape} with {c}"
+            f"{op}: expected {len(t)} channels ({name} has {len(t)}), got input of shape "
+            f"{x.shape} with {c}"
         )
     return n, c, math.prod(x.shape[2:])
 
@@ -63,6 +69,12 @@ def _apply(input: Tensor, weight, bias, view, part: Part, **extra) -> Tensor:
     )
 
 
+def _need_running(op: str, *estimates: Tensor | None) -> None:
+    """Normalizing with running estimates needs them: a clear error when one is None."""
+    if any(e is None for e in estimates):
+        raise ValueError(f"{op} without batch statistics needs its running estimates")
+
+
 def _fixed_part(view, pattern: Pattern, mean: Tensor, rstd) -> Part:
     """Running estimates (per channel) as the constant statistics of every row."""
     C = view[1]
@@ -93,8 +105,7 @@ def _batch_part(
     updating the running estimates when given), the running estimates otherwise."""
     pattern = Pattern(view[1], True)
     if not training:
-        if running_mean is None:
-            raise ValueError("batch statistics in eval mode need running_mean and running_var")
+        _need_running("batch norm", running_mean, running_var)
         return _fixed_part(view, pattern, running_mean, _rstd(running_var.data, eps))
     _check_training_batch(input, view)
     mean, var = pooled_moments(*rows, view[2], pattern)
@@ -124,7 +135,14 @@ def batch_norm(
 ) -> Tensor:
     """y = (x - μ)/sqrt(σ² + ε)·γ + β per channel. Training: batch μ, σ² (biased), and the
     running estimates move by `momentum` towards μ and the unbiased m/(m-1)·σ². Eval: running."""
-    view = nc_view(input, "batch_norm", None if weight is None else weight.shape[0])
+    view = nc_view(
+        input,
+        "batch_norm",
+        weight=weight,
+        bias=bias,
+        running_mean=running_mean,
+        running_var=running_var,
+    )
     N, C, S = view
     if S == 1 and N > 1:  # rows of one value: normalize the transpose (1, C, N) instead
         columns = reshape(permute(reshape(input, (N, C)), (1, 0)), (1, C, N))
@@ -151,9 +169,17 @@ def batch_renorm(
     train: x̂ = (x - μ_B)/σ_B·r + d, σ_B = sqrt(σ²_B + ε), r = clip(σ_B/σ, 1/rmax, rmax),
     d = clip((μ_B - μ)/σ, -dmax, dmax), r and d constant in the backward pass; then
     μ += momentum·(μ_B - μ), σ += momentum·(σ_B - σ).  eval: x̂ = (x - μ)/σ."""
-    view = nc_view(input, "batch_renorm", None if weight is None else weight.shape[0])
+    view = nc_view(
+        input,
+        "batch_renorm",
+        weight=weight,
+        bias=bias,
+        running_mean=running_mean,
+        running_std=running_std,
+    )
     pattern = Pattern(view[1], True)
     if not training:
+        _need_running("batch_renorm", running_mean, running_std)
         part = _fixed_part(view, pattern, running_mean, 1.0 / running_std.data)
         return _apply(input, weight, bias, view, part)
     part = _batch_part(input, view, _row_moments(input, view), None, None, True, 0, eps)
@@ -177,9 +203,10 @@ def mean_only_batch_norm(
     """Mean-only batch norm (Salimans & Kingma 2016): y = x - μ + β per channel, no division;
     μ is the batch mean in training (the running mean moves towards it), the running mean in
     eval."""
-    view = nc_view(input, "mean_only_batch_norm", None if bias is None else bias.shape[0])
+    view = nc_view(input, "mean_only_batch_norm", bias=bias, running_mean=running_mean)
     pattern = Pattern(view[1], True)
     if not training:
+        _need_running("mean_only_batch_norm", running_mean)
         return _apply(input, None, bias, view, _fixed_part(view, pattern, running_mean, 1.0))
     _check_training_batch(input, view)
     mean, _ = pooled_moments(*_row_moments(input, view), view[2], pattern)
@@ -201,10 +228,18 @@ def instance_norm(
     """y = (x - μ)/sqrt(σ² + ε)·γ + β with μ, σ² over the spatial dims of each sample and
     channel. Running estimates, when given, move towards the batch average of the instance
     means and unbiased variances; with use_input_stats=False they replace the instance stats."""
-    view = nc_view(input, "instance_norm", None if weight is None else weight.shape[0])
+    view = nc_view(
+        input,
+        "instance_norm",
+        weight=weight,
+        bias=bias,
+        running_mean=running_mean,
+        running_var=running_var,
+    )
     _, C, S = view
     pattern = Pattern(C, False)
     if not use_input_stats:
+        _need_running("instance_norm", running_mean, running_var)
         part = _fixed_part(view, pattern, running_mean, _rstd(running_var.data, eps))
         return _apply(input, weight, bias, view, part)
     if S == 1:
@@ -226,7 +261,7 @@ def group_norm(
 ) -> Tensor:
     """y = (x - μ)/sqrt(σ² + ε)·γ + β with μ, σ² over each sample's group of C/G consecutive
     channels and all spatial positions; γ, β per channel."""
-    view = nc_view(input, "group_norm", None if weight is None else weight.shape[0])
+    view = nc_view(input, "group_norm", weight=weight, bias=bias)
     C = view[1]
     if num_groups < 1 or C % num_groups:
         raise ValueError(f"group_norm: num_groups {num_groups} must divide the {C} channels")
@@ -271,7 +306,15 @@ def batch_instance_norm(
 ) -> Tensor:
     """Batch-instance norm (Nam & Kim 2018): y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β, ρ per channel;
     x̂_BN uses batch statistics in training and the running estimates in eval."""
-    view = nc_view(input, "batch_instance_norm", rho.shape[0])
+    view = nc_view(
+        input,
+        "batch_instance_norm",
+        rho=rho,
+        weight=weight,
+        bias=bias,
+        running_mean=running_mean,
+        running_var=running_var,
+    )
     rows = _row_moments(input, view)
     bn = _batch_part(input, view, rows, running_mean, running_var, training, momentum, eps)
     inst = _sample_part(view, rows, Pattern(view[1], False), eps)
@@ -294,7 +337,14 @@ def batch_layer_norm(
     y = γ·((1/m - δ)·x̂_LN + (1 - 1/m - δ)·x̂_BN)/sqrt(C) + β, m = `batch_size` (default N).
     As in `batch_norm`: batch statistics in training (updating the running estimates when
     given), the running estimates otherwise."""
-    view = nc_view(input, "batch_layer_norm", None if weight is None else weight.shape[0])
+    view = nc_view(
+        input,
+        "batch_layer_norm",
+        weight=weight,
+        bias=bias,
+        running_mean=running_mean,
+        running_var=running_var,
+    )
     N, C, _ = view
     xp = backend.get_array_module(input.data)
     rows = _row_moments(input, view)
@@ -323,8 +373,17 @@ def switchable_norm(
     """Switchable norm (Luo et al. 2018): μ = Σ_k softmax(λ)_k μ_k, σ² = Σ_k softmax(λ')_k σ²_k
     over k = (IN, LN, BN), y = γ (x - μ)/sqrt(σ² + ε) + β. The BN statistics are the batch's
     in training (updating the running estimates) and the running estimates in eval."""
-    view = nc_view(input, "switchable_norm", None if weight is None else weight.shape[0])
+    view = nc_view(
+        input,
+        "switchable_norm",
+        weight=weight,
+        bias=bias,
+        running_mean=running_mean,
+        running_var=running_var,
+    )
     C = view[1]
+    if not training:
+        _need_running("switchable_norm", running_mean, running_var)
     if training:
         _check_training_batch(input, view)
     rows = _row_moments(input, view)  # IN's moments; LN's and BN's are pooled from them

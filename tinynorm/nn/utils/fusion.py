@@ -12,6 +12,7 @@ import copy
 from ..linear import Conv2d, Linear
 from ..module import Module, Parameter
 from ..normalization import _BatchNorm
+from .weight_norm import WeightNormHook, remove_weight_norm
 
 
 def _folded(layer: Module, bn: _BatchNorm):
@@ -31,8 +32,10 @@ def _folded(layer: Module, bn: _BatchNorm):
 
 
 def _fuse(layer: Module, bn: _BatchNorm) -> Module:
-    weight, bias = _folded(layer, bn)
     fused = copy.deepcopy(layer)
+    if any(isinstance(h, WeightNormHook) for h in fused._forward_pre_hooks.values()):
+        remove_weight_norm(fused)  # fold the current g·v/‖v‖, not a weight cached by the hook
+    weight, bias = _folded(fused, bn)
     fused.weight = Parameter(weight.astype(layer.weight.dtype))
     fused.bias = Parameter(bias.astype(layer.weight.dtype))
     return fused.eval()

@@ -1,0 +1,391 @@
+"""Ioffe & Szegedy (2015), Figure 1: a sigmoid network on MNIST with and without batch norm.
+
+    python -m tinynorm.examples.bn_figure1 [--quick] [--steps 50000] [--out results/bn_figure1]
+
+The network of the paper's section 4.1: 784 inputs, three fully connected hidden layers of 100
+sigmoid units and a 10-way softmax, trained by plain SGD on mini-batches of 60 examples:
+
+    without BN:  h_l = σ(W_l h_{l-1} + b_l)            σ(z) = 1 / (1 + e^(-z)), l = 1, 2, 3
+    with BN:     h_l = σ(BN(W_l h_{l-1} + b_l))        BN(z) = γ·(z - μ_B)/sqrt(σ²_B + ε) + β
+    output:      p = softmax(W_4 h_3 + b_4), loss = -log p_label (mean over the batch)
+    update:      θ ← θ - η·∂loss/∂θ                     (no momentum, no weight decay)
+
+μ_B and σ²_B are each unit's mean and variance over the mini-batch (the running estimates are
+used for the test accuracy, in eval mode). Both networks start from the same weights and see the
+same batches in the same order: batch norm is the only difference.
+
+Initialization. The paper says only that W is "initialized to small random Gaussian values". We
+use W ~ N(0, 0.01²) and b = 0 (`--init-std 0.01`): the classic "small" Gaussian (AlexNet's and
+many tutorials' 0.01·randn), a standard normal scaled by 0.01. This is the regime the paper's
+argument is about: the sigmoid inputs of the deeper layers start near zero with a tiny spread,
+the gradient reaching the lower layers is tiny (each layer multiplies it by σ' ≤ 1/4 and by
+weights of 0.01), and every update moves the inputs of the layers above. An initialization
+scaled to the layer's width narrows the gap. Measured on mnist-lite, 5,000 steps at lr 0.5,
+full test set (test accuracy without / with BN; steps to reach 90%, without / with BN):
+
+    --init-std 0.01   0.8730 / 0.9436   never / 1,500
+    --init-std 0.05   0.9404 / 0.9449   1,000 / 500
+    --init-std 0.1    0.9487 / 0.9465   1,000 / 500     (0.1 = 1/sqrt(fan_in) for 100 inputs)
+
+What is recorded. Every `--eval-every` steps, the test accuracy of both networks; at every step,
+through a `tinynorm.diagnostics.PercentileTracer` on the last hidden sigmoid, the 15th, 50th and
+85th percentiles over the mini-batch of one unit's sigmoid input (`--unit`): W_3 h_2 + b_3
+without BN, the BN output with it, as in the paper's panels (b) and (c). A percentile of 60
+values is noisy, so each row of the CSV holds the mean of the per-batch percentiles over the
+batches trained on since the previous row (row 0: the first batch, before any update).
+
+Outputs, in `--out` (each written to a temporary file, then renamed into place):
+- `bn_figure1.csv`: step, the two test accuracies and the six percentiles;
+- `bn_figure1.md`: the settings and a summary table (final and best accuracy, steps to 90% and
+  95%, the percentiles early and late);
+- `bn_figure1.png`: panels (a), (b), (c), if matplotlib is installed (`pip install
+  'tinynorm[plot]'`); without it the program says so and writes the other two.
+The last line printed is `final test accuracy: without BN 0.xxxx, with BN 0.xxxx`.
+
+Data. MNIST as found by `tinynorm.data.MNIST` (offline: the bundled mnist-lite, 10,000 training
+images, where the paper had 60,000: 50,000 steps of 60 are 300 passes over it). The full test
+set (10,000 images) is used unless `--test-limit`.
+
+Cost, measured on 2 CPU cores (AMD EPYC, 2026-11-23): 290-320 steps per second for the two
+networks together, evaluations included (about 1.1 ms per step without BN, 2 ms with it), so the
+default 50,000 steps (as in the paper) take about 3 minutes; `--quick` (2,000 steps, 2,000 test
+images) takes about 10 seconds with start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import tinynorm as tn
+import tinynorm.nn.functional as F
+from tinynorm import nn
+from tinynorm.data import MNIST, DataLoader, IDXError
+from tinynorm.diagnostics import PercentileTracer
+
+from .mnist import evaluate
+
+SIZES = (784, 100, 100, 100, 10)  # input, three hidden layers, classes
+PERCENTILES = (15, 50, 85)
+NETS = ("without_bn", "with_bn")
+LABELS = {"without_bn": "without BN", "with_bn": "with BN"}
+THRESHOLDS = (0.90, 0.95)  # "steps to reach" in the summary
+NO_MATPLOTLIB = (
+    "matplotlib is not installed: pip install 'tinynorm[plot]' for the figure; "
+    "CSV and Markdown written"
+)
+QUICK = dict(steps=2000, eval_every=100, train_limit=10_000, test_limit=2000)
+FULL = dict(steps=50_000, eval_every=500, train_limit=None, test_limit=None)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m tinynorm.examples.bn_figure1",
+        description="Ioffe & Szegedy's Figure 1: test accuracy and the 15/50/85th percentiles "
+        "of a sigmoid input over training, in a 3×100 sigmoid MLP with and without batch norm.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run: 2,000 steps, evaluation every 100, 2,000 test images "
+        "(explicit options still win)",
+    )
+    p.add_argument("--steps", type=int, help="training steps (default: 50,000 as in the paper)")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: 500)")
+    p.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default: 0.5)")
+    p.add_argument(
+        "--init-std",
+        type=float,
+        default=0.01,
+        help="standard deviation of the Gaussian initial weights (default: 0.01)",
+    )
+    p.add_argument("--batch-size", type=int, default=60, help="batch size (default: 60)")
+    p.add_argument(
+        "--unit",
+        type=int,
+        default=0,
+        help="which of the last hidden layer's 100 sigmoids to trace (default: 0)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the shuffling")
+    p.add_argument(
+        "--out",
+        default="results/bn_figure1",
+        help="output directory (default: results/bn_figure1)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="directory holding the four MNIST IDX files (overrides $TINYNORM_DATA, the cache "
+        "and the download)",
+    )
+    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N images")
+    p.add_argument("--test-limit", type=int, metavar="N", help="test on the first N images")
+    args = p.parse_args(argv)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.steps < 1 or args.eval_every < 1:
+        p.error("--steps and --eval-every must be >= 1")
+    if args.batch_size < 2:
+        p.error("--batch-size must be >= 2 (batch norm needs two examples to normalize)")
+    if not (args.lr > 0 and args.init_std > 0):
+        p.error("--lr and --init-std must be > 0")
+    if not 0 <= args.unit < SIZES[3]:
+        p.error(f"--unit must be in 0..{SIZES[3] - 1}")
+    return args
+
+
+# ---- the model --------------------------------------------------------------------------------
+def gaussian_weights(std: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(W, b) of each layer: W ~ N(0, std²) of shape (out, in), b = 0."""
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.normal(0.0, std, (n_out, n_in)).astype(np.float32), np.zeros(n_out, np.float32))
+        for n_in, n_out in itertools.pairwise(SIZES)
+    ]
+
+
+def build_mlp(weights: list[tuple[np.ndarray, np.ndarray]], batch_norm: bool) -> nn.Sequential:
+    """Linear → [BatchNorm1d] → Sigmoid, three times, then Linear (the softmax is in the loss)."""
+    layers: list[nn.Module] = []
+    for i, (w, b) in enumerate(weights):
+        linear = nn.Linear(w.shape[1], w.shape[0])
+        linear.weight.data[...] = w
+        linear.bias.data[...] = b
+        layers.append(linear)
+        if i < len(weights) - 1:  # a hidden layer
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(w.shape[0]))
+            layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
+def last_sigmoid(model: nn.Sequential) -> nn.Module:
+    """The last hidden layer's Sigmoid: its input is what panels (b) and (c) show."""
+    return [m for m in model if isinstance(m, nn.Sigmoid)][-1]
+
+
+# ---- data -------------------------------------------------------------------------------------
+def load_data(args: argparse.Namespace):
+    """Flattened, standardized images, x (N, 784) float32 and y (N,) int64, for training and
+    test, and a description of what was used."""
+    train_set = MNIST(root=args.data_dir, train=True)
+    test_set = MNIST(root=args.data_dir, train=False)
+    x_train = train_set.normalized().reshape(len(train_set), -1)[: args.train_limit]
+    x_test = test_set.normalized().reshape(len(test_set), -1)[: args.test_limit]
+    y_train, y_test = train_set.labels[: args.train_limit], test_set.labels[: args.test_limit]
+    if len(y_train) < args.batch_size:
+        raise ValueError(
+            f"{len(y_train)} training images are fewer than one batch of {args.batch_size}"
+        )
+    if len(y_test) == 0:
+        raise ValueError("no test images (--test-limit must be >= 1)")
+    data = (
+        f"{len(y_train):,} training images of {len(train_set):,} and {len(y_test):,} test "
+        f"images ({train_set.source.kind})"
+    )
+    return (x_train, y_train), (x_test, y_test), data
+
+
+def endless_batches(data, batch_size: int, seed: int) -> Iterator[tuple[tn.Tensor, tn.Tensor]]:
+    """Full mini-batches of a fresh shuffle every epoch, for as many steps as asked."""
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True, seed=seed)
+    while True:
+        yield from loader
+
+
+# ---- training ---------------------------------------------------------------------------------
+def train(args: argparse.Namespace, train_data, test_data) -> tuple[list[dict], float]:
+    """Train both networks in lockstep; returns the CSV rows and the training time in seconds."""
+    weights = gaussian_weights(args.init_std, args.seed)
+    models = {"without_bn": build_mlp(weights, False), "with_bn": build_mlp(weights, True)}
+    optimizers = {k: tn.optim.SGD(list(m.parameters()), lr=args.lr) for k, m in models.items()}
+    tracers = {
+        k: PercentileTracer(last_sigmoid(m), PERCENTILES, which="input", index=args.unit)
+        for k, m in models.items()
+    }
+    accuracy = {0: {k: evaluate(m, test_data, "cpu") for k, m in models.items()}}
+    batches = endless_batches(train_data, args.batch_size, args.seed)
+    began = time.perf_counter()
+    bar = tqdm(range(1, args.steps + 1), desc="steps", unit="step", dynamic_ncols=True)
+    for step in bar:
+        x, y = next(batches)
+        for key, model in models.items():
+            loss = F.cross_entropy(model(x), y)
+            optimizers[key].zero_grad()
+            loss.backward()
+            optimizers[key].step()
+        if step % args.eval_every == 0 or step == args.steps:
+            accuracy[step] = {k: evaluate(m, test_data, "cpu") for k, m in models.items()}
+            bar.set_postfix({LABELS[k]: f"{a:.4f}" for k, a in accuracy[step].items()})
+    seconds = time.perf_counter() - began
+    for tracer in tracers.values():
+        tracer.remove()
+    return make_rows(accuracy, tracers), seconds
+
+
+def make_rows(accuracy: dict[int, dict], tracers: dict[str, PercentileTracer]) -> list[dict]:
+    """One row per evaluation. A tracer's step s is the forward pass after s updates; a row at
+    step s > 0 averages the percentiles of steps [previous row's step, s), row 0 has step 0's."""
+    rows, previous = [], 0
+    for step, acc in accuracy.items():
+        row = {"step": step}
+        row.update({f"test_accuracy_{k}": round(a, 6) for k, a in acc.items()})
+        for key, tracer in tracers.items():
+            window = (tracer.steps >= previous) & (tracer.steps < max(step, 1))
+            means = tracer.values[window].mean(axis=0)
+            row.update({f"{key}_p{q}": round(float(v), 6) for q, v in zip(PERCENTILES, means)})
+        rows.append(row)
+        previous = step
+    return rows
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Let `write` fill a temporary file beside `path`, then rename it into place, so that a
+    reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(path, write)
+
+
+def settings(args: argparse.Namespace) -> str:
+    """The experiment in one line, for the console and the Markdown."""
+    return (
+        f"MLP {'-'.join(map(str, SIZES))} (sigmoid), W ~ N(0, {args.init_std:g}²), b = 0; "
+        f"SGD lr {args.lr:g}, batch {args.batch_size}, {args.steps:,} steps, seed {args.seed}"
+    )
+
+
+def summarize(rows: list[dict], key: str) -> dict[str, str]:
+    """One network's column of the summary table (`key`: "without_bn" or "with_bn")."""
+    steps = [r["step"] for r in rows]
+    accuracy = [r[f"test_accuracy_{key}"] for r in rows]
+    p = {q: [r[f"{key}_p{q}"] for r in rows] for q in PERCENTILES}
+    column = {
+        "final test accuracy": f"{accuracy[-1]:.4f}",
+        "best test accuracy": f"{max(accuracy):.4f}",
+    }
+    for threshold in THRESHOLDS:  # the first evaluation at or above it
+        reached = [s for s, a in zip(steps, accuracy) if a >= threshold]
+        column[f"steps to {threshold:.0%} test accuracy"] = (
+            f"{reached[0]:,}" if reached else "not reached"
+        )
+    for i in (0, -1):
+        column[f"sigmoid input p15 / p50 / p85 at step {steps[i]:,}"] = " / ".join(
+            f"{p[q][i]:+.2f}" for q in PERCENTILES
+        )
+    column["median's range over training (max - min of p50)"] = f"{np.ptp(p[50]):.2f}"
+    column["15th-85th spread, first / last row"] = " / ".join(
+        f"{p[85][i] - p[15][i]:.2f}" for i in (0, -1)
+    )
+    return column
+
+
+def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str, seconds: float) -> str:
+    """The settings, then a table: accuracy and the traced percentiles of both networks."""
+    without, with_bn = (summarize(rows, key) for key in NETS)
+    return "\n".join(
+        [
+            "# Ioffe & Szegedy, Figure 1, with tinynorm",
+            "",
+            f"{settings(args)}. Data: MNIST, {data}; evaluated every {args.eval_every:,} steps. "
+            f"Traced: the input of sigmoid {args.unit} of the last hidden layer, percentiles of "
+            "each mini-batch averaged over the steps since the previous evaluation. Training "
+            f"time: {seconds:.0f} s ({args.steps / seconds:.0f} steps/s, both networks).",
+            "",
+            "| | without BN | with BN |",
+            "|---|---|---|",
+            *(f"| {name} | {without[name]} | {with_bn[name]} |" for name in without),
+            "",
+        ]
+    )
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    """Panels (a), (b), (c) as a PNG; False (and nothing written) without matplotlib."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+    except ImportError:
+        return False
+    steps = [r["step"] for r in rows]
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    ax_a, ax_b, ax_c = fig.subplots(1, 3)
+    for key, style in zip(NETS, ("--", "-")):
+        ax_a.plot(steps, [r[f"test_accuracy_{key}"] for r in rows], style, label=LABELS[key])
+    ax_a.set(title="(a) test accuracy", xlabel="training step", ylabel="accuracy")
+    ax_a.legend()
+    for ax, panel, key in ((ax_b, "b", "without_bn"), (ax_c, "c", "with_bn")):
+        for q in PERCENTILES:
+            ax.plot(steps, [r[f"{key}_p{q}"] for r in rows], label=f"{q}th percentile")
+        ax.set(title=f"({panel}) sigmoid input, {LABELS[key]}")
+        ax.set_xlabel("training step")
+        ax.legend()
+    low = min(ax_b.get_ylim()[0], ax_c.get_ylim()[0])
+    high = max(ax_b.get_ylim()[1], ax_c.get_ylim()[1])
+    for ax in (ax_b, ax_c):
+        ax.set_ylim(low, high)  # one scale, so that the two distributions compare at a glance
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return True
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    train_data, test_data, data = load_data(args)
+    print(f"{settings(args)}; with and without BN")
+    rows, seconds = train(args, train_data, test_data)
+    out = Path(args.out)
+    markdown = summary_markdown(args, rows, data, seconds)
+    write_csv(out / "bn_figure1.csv", rows)
+    write_atomic(out / "bn_figure1.md", lambda tmp: Path(tmp).write_text(markdown))
+    print(markdown)
+    if plot(rows, out / "bn_figure1.png"):
+        print(f"wrote {out / 'bn_figure1.csv'}, {out / 'bn_figure1.md'}, {out / 'bn_figure1.png'}")
+    else:
+        print(f"wrote {out / 'bn_figure1.csv'}, {out / 'bn_figure1.md'}")
+        print(NO_MATPLOTLIB)
+    return {key: rows[-1][f"test_accuracy_{key}"] for key in NETS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        final = run(args)
+    except (IDXError, OSError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(
+        f"final test accuracy: without BN {final['without_bn']:.4f}, with BN {final['with_bn']:.4f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
