@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import pickle
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -26,6 +23,7 @@ import tinynorm as tn
 import tinynorm.nn.functional as F
 from tinynorm import nn
 from tinynorm.data import MNIST, DataLoader, FashionMNIST, IDXError
+from tinynorm.files import atomic_write
 from tinynorm.nn.utils import weight_norm
 
 NORMS = ("none", "bn", "brn", "ln", "in", "gn", "mobn", "wn", "bin", "sn", "bln")
@@ -187,17 +185,9 @@ def evaluate(model: nn.Module, data, device: str, batch_size: int = 500) -> floa
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Pickle `state` to a temporary file beside `path`, then rename it into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Pickle `state` to `path` atomically (a temporary file renamed into place)."""
+    with atomic_write(path) as f:
+        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def load_checkpoint(path: str) -> dict:
@@ -213,7 +203,8 @@ def load_checkpoint(path: str) -> dict:
 
 
 def write_log(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    """Per-epoch metrics as JSON (a .json path) or CSV, written atomically."""
+    with atomic_write(path, "w", newline="") as f:
         if path.endswith(".json"):
             json.dump(rows, f, indent=1)
         elif rows:

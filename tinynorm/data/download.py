@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from os import PathLike
@@ -19,6 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tqdm import tqdm
+
+from ..files import atomic_write
 
 DEFAULT_TIMEOUT = 30.0  # seconds without an answer before a download gives up
 CHUNK = 1 << 16
@@ -45,22 +45,13 @@ def download(
     and `ChecksumError` when the content does not match; in both cases nothing is left behind.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _fetch(url, out, timeout, progress, label=dest.name)
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_write(dest) as out:  # a mismatch raises inside: nothing is left behind
+        digest = _fetch(url, out, timeout, progress, label=dest.name)
         if digest != md5.lower():
             raise ChecksumError(
                 f"{dest.name}: checksum mismatch: expected md5 {md5.lower()}, got {digest} "
                 f"(downloaded from {url}); the file was discarded"
             )
-        os.replace(tmp, dest)
-    except BaseException:  # also Ctrl-C: never leave the partial file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 
