@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tinynorm as tn
-from tinynorm import diagnostics, nn
+from tinynorm import backend, diagnostics, nn
 from tinynorm.diagnostics import PercentileTracer
 
 QS = (15, 50, 85)
@@ -120,6 +120,18 @@ def test_empty_record_arrays_have_the_right_shapes():
 def test_bad_arguments_are_refused(kwargs):
     with pytest.raises(ValueError):
         PercentileTracer(nn.Identity(), **kwargs)
+
+
+def test_cupy_data_is_traced_on_the_device(rng):
+    try:
+        backend.cupy_or_error()
+    except RuntimeError as err:
+        pytest.skip(str(err))
+    x = rng.normal(size=(60, 10)).astype(np.float32)
+    layer = nn.Identity()
+    with PercentileTracer(layer, QS, index=2) as tracer:
+        layer(tn.tensor(x).cuda())
+    np.testing.assert_allclose(tracer.values[0], np.percentile(x[:, 2], QS), rtol=1e-5)
 
 
 def test_docstring_example_runs():

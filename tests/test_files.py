@@ -21,3 +21,10 @@ def test_an_error_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("interrupted")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_new_file_gets_ordinary_permissions(tmp_path):
+    path = tmp_path / "out.bin"
+    with atomic_write(path) as f:
+        f.write(b"x")
+    assert path.stat().st_mode & 0o777 == 0o644

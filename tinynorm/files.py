@@ -28,6 +28,8 @@ def atomic_write(path: str | PathLike[str], mode: str = "wb", **open_args) -> It
             yield f
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the old file's mode, or the usual one
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
