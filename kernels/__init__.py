@@ -1,4 +1,5 @@
-"""Numba normalization kernels: `@njit` for NumPy arrays, `@cuda.jit` for CuPy arrays.
+"""Numba kernels (normalization, im2col, max pooling): `@njit` for NumPy arrays, `@cuda.jit`
+for CuPy arrays.
 
 Plain arrays in, plain arrays out: nothing here imports the autograd engine. This module is the
 one place that dispatches on the array type; `cpu.py` and `cuda.py` hold the kernels, which
