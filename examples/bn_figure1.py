@@ -59,11 +59,9 @@ networks together. So the default 50,000 steps (as in the paper) take about 3 mi
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,21 +70,17 @@ from tqdm import tqdm
 import tinynorm as tn
 import tinynorm.nn.functional as F
 from tinynorm import nn
-from tinynorm.data import MNIST, DataLoader, IDXError
+from tinynorm.data import DataLoader, IDXError
 from tinynorm.diagnostics import PercentileTracer
 from tinynorm.files import atomic_write
 
-from .mnist import evaluate
+from .common import endless, evaluate, load_mnist, write_outputs
 
 SIZES = (784, 100, 100, 100, 10)  # input, three hidden layers, classes
 PERCENTILES = (15, 50, 85)
 NETS = ("without_bn", "with_bn")
 LABELS = {"without_bn": "without BN", "with_bn": "with BN"}
 THRESHOLDS = (0.90, 0.95)  # "steps to reach" in the summary
-NO_MATPLOTLIB = (
-    "matplotlib is not installed: pip install 'tinynorm[plot]' for the figure; "
-    "CSV and Markdown written"
-)
 QUICK = dict(steps=2000, eval_every=100, train_limit=10_000, test_limit=2000)
 FULL = dict(steps=50_000, eval_every=500, train_limit=None, test_limit=None)
 
@@ -177,35 +171,6 @@ def last_sigmoid(model: nn.Sequential) -> nn.Module:
     return [m for m in model if isinstance(m, nn.Sigmoid)][-1]
 
 
-# ---- data -------------------------------------------------------------------------------------
-def load_data(args: argparse.Namespace):
-    """Flattened, standardized images, x (N, 784) float32 and y (N,) int64, for training and
-    test, and a description of what was used."""
-    train_set = MNIST(root=args.data_dir, train=True)
-    test_set = MNIST(root=args.data_dir, train=False)
-    x_train = train_set.normalized().reshape(len(train_set), -1)[: args.train_limit]
-    x_test = test_set.normalized().reshape(len(test_set), -1)[: args.test_limit]
-    y_train, y_test = train_set.labels[: args.train_limit], test_set.labels[: args.test_limit]
-    if len(y_train) < args.batch_size:
-        raise ValueError(
-            f"{len(y_train)} training images are fewer than one batch of {args.batch_size}"
-        )
-    if len(y_test) == 0:
-        raise ValueError("no test images (--test-limit must be >= 1)")
-    data = (
-        f"train {len(y_train):,} of {len(train_set):,} images, test {len(y_test):,} of "
-        f"{len(test_set):,} ({train_set.source.kind})"
-    )
-    return (x_train, y_train), (x_test, y_test), data
-
-
-def endless_batches(data, batch_size: int, seed: int) -> Iterator[tuple[tn.Tensor, tn.Tensor]]:
-    """Full mini-batches of a fresh shuffle every epoch, for as many steps as asked."""
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True, seed=seed)
-    while True:
-        yield from loader
-
-
 # ---- training ---------------------------------------------------------------------------------
 def train(args: argparse.Namespace, train_data, test_data) -> tuple[list[dict], float]:
     """Train both networks in lockstep; returns the CSV rows and the training time in seconds."""
@@ -217,7 +182,10 @@ def train(args: argparse.Namespace, train_data, test_data) -> tuple[list[dict], 
         for k, m in models.items()
     }
     accuracy = {0: {k: evaluate(m, test_data, "cpu") for k, m in models.items()}}
-    batches = endless_batches(train_data, args.batch_size, args.seed)
+    loader = DataLoader(
+        train_data, batch_size=args.batch_size, shuffle=True, drop_last=True, seed=args.seed
+    )
+    batches = endless(loader)
     began = time.perf_counter()
     bar = tqdm(range(1, args.steps + 1), desc="steps", unit="step", dynamic_ncols=True)
     for step in bar:
@@ -253,13 +221,6 @@ def make_rows(accuracy: dict[int, dict], tracers: dict[str, PercentileTracer]) -
 
 
 # ---- outputs ----------------------------------------------------------------------------------
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with atomic_write(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def settings(args: argparse.Namespace) -> str:
     """The experiment in one line, for the console and the Markdown."""
     return (
@@ -342,20 +303,13 @@ def plot(rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    train_data, test_data, data = load_data(args)
+    train_data, test_data, data = load_mnist(
+        args.data_dir, args.train_limit, args.test_limit, min_train=args.batch_size, flatten=True
+    )
     print(f"{settings(args)}; with and without BN")
     rows, seconds = train(args, train_data, test_data)
-    out = Path(args.out)
     markdown = summary_markdown(args, rows, data, seconds)
-    write_csv(out / "bn_figure1.csv", rows)
-    with atomic_write(out / "bn_figure1.md", "w", encoding="utf-8") as f:
-        f.write(markdown)
-    print(markdown)
-    if plot(rows, out / "bn_figure1.png"):
-        print(f"wrote {out / 'bn_figure1.csv'}, {out / 'bn_figure1.md'}, {out / 'bn_figure1.png'}")
-    else:
-        print(f"wrote {out / 'bn_figure1.csv'}, {out / 'bn_figure1.md'}")
-        print(NO_MATPLOTLIB)
+    write_outputs(Path(args.out), "bn_figure1", rows, markdown, lambda path: plot(rows, path))
     return {key: rows[-1][f"test_accuracy_{key}"] for key in NETS}
 
 

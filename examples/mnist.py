@@ -26,6 +26,8 @@ from tinynorm.data import MNIST, DataLoader, FashionMNIST, IDXError
 from tinynorm.files import atomic_write
 from tinynorm.nn.utils import weight_norm
 
+from .common import evaluate
+
 NORMS = ("none", "bn", "brn", "ln", "in", "gn", "mobn", "wn", "bin", "sn", "bln")
 NORM_HELP = (
     "none: no normalization; bn: BatchNorm2d; brn: BatchRenorm2d; ln: LayerNorm over (C, H, W); "
@@ -171,17 +173,6 @@ def load_data(args):
     if args.test_limit:
         x_test, y_test = x_test[: args.test_limit], y_test[: args.test_limit]
     return (x_train, y_train), (x_test, y_test)
-
-
-def evaluate(model: nn.Module, data, device: str, batch_size: int = 500) -> float:
-    model.eval()
-    correct = 0
-    with tn.no_grad():
-        for x, y in DataLoader(data, batch_size=batch_size):
-            pred = model(x.to(device)).argmax(dim=1).numpy()
-            correct += int((pred == y.numpy()).sum())
-    model.train()
-    return correct / len(data[1])
 
 
 def save_checkpoint(path: str, state: dict) -> None:

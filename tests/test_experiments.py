@@ -6,11 +6,13 @@ import sys
 
 import numpy as np
 import pytest
-from tinynorm.examples import bn_figure1
+from tinynorm.examples import bn_figure1, brn_noniid, brn_small_batch, common
+
+from tinynorm.data import MNIST
 
 # Offline and the same data on every machine: the bundled mnist-lite, named as the data
 # directory, so that neither a cached full MNIST nor a download is ever used.
-MNIST_LITE = str(bn_figure1.MNIST.bundled_dir)
+MNIST_LITE = str(MNIST.bundled_dir)
 TINY = ["--data-dir", MNIST_LITE, "--train-limit", "600", "--test-limit", "200"]
 TINY += ["--steps", "60", "--eval-every", "20"]
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -64,7 +66,7 @@ def test_bn_figure1_without_matplotlib_says_so_and_writes_csv_and_markdown(
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     out = tmp_path / "out"
     assert bn_figure1.main([*TINY, "--steps", "20", "--out", str(out)]) == 0
-    assert bn_figure1.NO_MATPLOTLIB in capsys.readouterr().out.splitlines()
+    assert common.NO_MATPLOTLIB in capsys.readouterr().out.splitlines()
     assert (out / "bn_figure1.csv").exists() and (out / "bn_figure1.md").exists()
     assert not (out / "bn_figure1.png").exists()
 
@@ -107,3 +109,113 @@ def test_bn_figure1_bad_input_ends_with_one_line_and_nonzero_exit(tmp_path, caps
     assert err.startswith("error: ") and "nowhere" in err and len(err.splitlines()) == 1
     assert bn_figure1.main([*TINY, "--train-limit", "30", "--out", str(tmp_path)]) == 1
     assert "fewer than one batch" in capsys.readouterr().err
+
+
+# ---- batch renormalization (seed 000): small batches and non-i.i.d. batches --------------------
+TINY_DATA = ["--data-dir", MNIST_LITE, "--train-limit", "400", "--test-limit", "200"]
+TINY_SMALL_BATCH = [*TINY_DATA, "--examples", "64", "--batch-sizes", "2", "4", "16"]
+TINY_SMALL_BATCH += ["--width", "4"]
+TINY_NONIID = [*TINY_DATA, "--steps", "20", "--eval-every", "10", "--width", "4"]
+TINY_NONIID += ["--batch-size", "16"]
+
+
+def written_files(out) -> set[str]:
+    return {p.name for p in out.iterdir()}
+
+
+def test_brn_small_batch_quick_path_writes_well_formed_outputs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert brn_small_batch.main([*TINY_SMALL_BATCH, "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+
+    with open(out / "brn_small_batch.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "norm",
+        "batch_size",
+        "steps",
+        "lr",
+        "test_accuracy",
+        "final_train_loss",
+        "train_seconds",
+        "examples_per_second",
+    ]
+    assert [(r["norm"], int(r["batch_size"])) for r in rows] == [
+        (n, b) for b in (2, 4, 16) for n in ("bn", "brn", "gn")
+    ]
+    for row in rows:
+        batch = int(row["batch_size"])
+        assert int(row["steps"]) == 64 // batch  # the same examples for every batch size
+        assert float(row["lr"]) == pytest.approx(0.05 * batch / 64)
+        assert 0 <= float(row["test_accuracy"]) <= 1
+        assert np.isfinite(float(row["final_train_loss"]))
+
+    markdown = (out / "brn_small_batch.md").read_text()
+    assert "| test accuracy | batch 2 | batch 4 | batch 16 |" in markdown
+    for label in ("BN", "BRN", "GN"):
+        assert f"\n| {label} | " in markdown
+    figure = {"brn_small_batch.png"} if HAVE_MATPLOTLIB else set()
+    assert written_files(out) == {"brn_small_batch.csv", "brn_small_batch.md", *figure}
+
+    accuracy = {(r["norm"], r["batch_size"]): float(r["test_accuracy"]) for r in rows}
+    assert last == (
+        "test accuracy (inference statistics): "
+        f"batch 2: BN {accuracy['bn', '2']:.4f}, BRN {accuracy['brn', '2']:.4f}, "
+        f"GN {accuracy['gn', '2']:.4f}; "
+        f"batch 4: BN {accuracy['bn', '4']:.4f}, BRN {accuracy['brn', '4']:.4f}, "
+        f"GN {accuracy['gn', '4']:.4f}; "
+        f"batch 16: BN {accuracy['bn', '16']:.4f}, BRN {accuracy['brn', '16']:.4f}, "
+        f"GN {accuracy['gn', '16']:.4f}"
+    )
+
+
+def test_brn_noniid_quick_path_writes_well_formed_outputs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert brn_noniid.main([*TINY_NONIID, "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+
+    rows = read_csv(out / "brn_noniid.csv")
+    models = ("bn", "brn", "bn_iid")
+    assert list(rows[0]) == ["step", *(f"test_accuracy_{k}" for k in models)]
+    assert [r["step"] for r in rows] == [0, 10, 20]
+    for row in rows:
+        assert all(0 <= row[f"test_accuracy_{k}"] <= 1 for k in models)
+    # the same initial weights, and BN and BRN agree before training (eval with μ = 0, σ = 1)
+    assert len({rows[0][f"test_accuracy_{k}"] for k in models}) == 1
+
+    markdown = (out / "brn_noniid.md").read_text()
+    assert "| model | batches | final test accuracy | best test accuracy |" in markdown
+    assert "| BRN | 2 per batch |" in markdown and "| BN | i.i.d. |" in markdown
+    figure = {"brn_noniid.png"} if HAVE_MATPLOTLIB else set()
+    assert written_files(out) == {"brn_noniid.csv", "brn_noniid.md", *figure}
+
+    final = rows[-1]
+    assert last == (
+        "final test accuracy (inference statistics), 2 classes per batch: "
+        f"BN {final['test_accuracy_bn']:.4f}, BRN {final['test_accuracy_brn']:.4f}; "
+        f"BN on i.i.d. batches {final['test_accuracy_bn_iid']:.4f}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [(brn_small_batch, TINY_SMALL_BATCH), (brn_noniid, [*TINY_NONIID, "--steps", "10"])],
+)
+def test_brn_experiments_without_matplotlib_say_so(module, argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    out = tmp_path / "out"
+    assert module.main([*argv, "--out", str(out)]) == 0
+    assert common.NO_MATPLOTLIB in capsys.readouterr().out.splitlines()
+    assert {p.suffix for p in out.iterdir()} == {".csv", ".md"}
+
+
+def test_brn_experiments_quick_defaults_yield_to_explicit_options():
+    quick = brn_small_batch.parse_args(["--quick"])
+    assert (quick.examples, quick.width, quick.batch_sizes) == (2_000, 8, [2, 4, 64])
+    assert brn_small_batch.parse_args(["--quick", "--examples", "100"]).examples == 100
+    assert brn_small_batch.parse_args([]).examples == 20_000
+    quick = brn_noniid.parse_args(["--quick"])
+    assert (quick.steps, quick.classes_per_batch, quick.out) == (600, 2, "results/brn_noniid")
+    assert brn_noniid.parse_args(["--quick", "--classes-per-batch", "1"]).classes_per_batch == 1
+    assert brn_noniid.parse_args([]).test_limit is None

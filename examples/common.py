@@ -1,0 +1,114 @@
+"""What the experiments share: MNIST arrays, evaluation with inference statistics, training
+batches that never run out, and the CSV / Markdown / PNG outputs, each written atomically."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+import tinynorm as tn
+import tinynorm.nn.functional as F
+from tinynorm import nn
+from tinynorm.data import MNIST, DataLoader
+from tinynorm.files import atomic_write
+
+Data = tuple[np.ndarray, np.ndarray]  # images (N, ...) float32, labels (N,) int64
+
+NO_MATPLOTLIB = (
+    "matplotlib is not installed: pip install 'tinynorm[plot]' for the figure; "
+    "CSV and Markdown written"
+)
+
+
+def load_mnist(
+    data_dir: str | None,
+    train_limit: int | None,
+    test_limit: int | None,
+    min_train: int = 1,
+    flatten: bool = False,
+) -> tuple[Data, Data, str]:
+    """Standardized MNIST images, (N, 1, 28, 28) or (N, 784) with `flatten`, and labels: the
+    first `train_limit` training and `test_limit` test examples (None: all), and a one-line
+    description of what was used. Fewer than `min_train` training or no test images raise
+    ValueError."""
+    train_set = MNIST(root=data_dir, train=True)
+    test_set = MNIST(root=data_dir, train=False)
+    x_train, x_test = train_set.normalized(), test_set.normalized()
+    if flatten:
+        x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
+    train = x_train[:train_limit], train_set.labels[:train_limit]
+    test = x_test[:test_limit], test_set.labels[:test_limit]
+    if len(train[1]) < min_train:
+        raise ValueError(f"{len(train[1])} training images are fewer than one batch of {min_train}")
+    if len(test[1]) == 0:
+        raise ValueError("no test images (--test-limit must be >= 1)")
+    description = (
+        f"train {len(train[1]):,} of {len(train_set):,} images, test {len(test[1]):,} of "
+        f"{len(test_set):,} ({train_set.source.kind})"
+    )
+    return train, test, description
+
+
+def evaluate(model: nn.Module, data: Data, device: str = "cpu", batch_size: int = 500) -> float:
+    """Accuracy on `data` in eval mode (so normalization uses its inference statistics), under
+    no_grad, in batches of `batch_size`; the model is left in training mode."""
+    model.eval()
+    correct = 0
+    with tn.no_grad():
+        for x, y in DataLoader(data, batch_size=batch_size):
+            pred = model(x.to(device)).argmax(dim=1).numpy()
+            correct += int((pred == y.numpy()).sum())
+    model.train()
+    return correct / len(data[1])
+
+
+def endless(loader: Iterable) -> Iterator:
+    """The loader's batches, epoch after epoch (each epoch reshuffled by the loader), forever."""
+    while True:
+        yield from loader
+
+
+def markdown_table(header: list[str], rows: Iterable[Iterable[object]]) -> str:
+    """A Markdown table, one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """`rows` as CSV, the first row's keys as the header."""
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_outputs(
+    out: Path, name: str, rows: list[dict], markdown: str, plot: Callable[[Path], bool]
+) -> None:
+    """Write out/name.csv, out/name.md and, if `plot` can (it returns False without
+    matplotlib), out/name.png; print the Markdown and what was written."""
+    csv_path, md_path, png_path = (out / f"{name}.{ext}" for ext in ("csv", "md", "png"))
+    write_csv(csv_path, rows)
+    with atomic_write(md_path, "w", encoding="utf-8") as f:
+        f.write(markdown)
+    print(markdown)
+    if plot(png_path):
+        print(f"wrote {csv_path}, {md_path}, {png_path}")
+    else:
+        print(f"wrote {csv_path}, {md_path}")
+        print(NO_MATPLOTLIB)
+
+
+def train_step(
+    model: nn.Module, optimizer: tn.optim.Optimizer, x: tn.Tensor, y: tn.Tensor
+) -> float:
+    """One update on the batch (x, y) by cross-entropy; returns the batch's loss."""
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
