@@ -74,7 +74,14 @@ from tinynorm.data import DataLoader, IDXError
 from tinynorm.diagnostics import PercentileTracer
 from tinynorm.files import atomic_write
 
-from .common import endless, evaluate, load_mnist, write_outputs
+from .common import (
+    endless,
+    evaluate,
+    experiment_parser,
+    load_mnist,
+    parse_experiment,
+    write_outputs,
+)
 
 SIZES = (784, 100, 100, 100, 10)  # input, three hidden layers, classes
 PERCENTILES = (15, 50, 85)
@@ -86,16 +93,12 @@ FULL = dict(steps=50_000, eval_every=500, train_limit=None, test_limit=None)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m tinynorm.examples.bn_figure1",
-        description="Ioffe & Szegedy's Figure 1: test accuracy and the 15/50/85th percentiles "
+    p = experiment_parser(
+        "bn_figure1",
+        "Ioffe & Szegedy's Figure 1: test accuracy and the 15/50/85th percentiles "
         "of a sigmoid input over training, in a 3×100 sigmoid MLP with and without batch norm.",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a short run: 2,000 steps, evaluation every 100, the first 10,000 training and "
-        "2,000 test images (explicit options still win)",
+        "a short run: 2,000 steps, evaluation every 100, the first 10,000 training and "
+        "2,000 test images",
     )
     p.add_argument("--steps", type=int, help="training steps (default: 50,000 as in the paper)")
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default: 500)")
@@ -113,23 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="which of the last hidden layer's 100 sigmoids to trace (default: 0)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the shuffling")
-    p.add_argument(
-        "--out",
-        default="results/bn_figure1",
-        help="output directory (default: results/bn_figure1)",
-    )
-    p.add_argument(
-        "--data-dir",
-        help="directory holding the four MNIST IDX files (overrides $TINYNORM_DATA, the cache "
-        "and the download)",
-    )
-    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N images")
-    p.add_argument("--test-limit", type=int, metavar="N", help="test on the first N images")
-    args = p.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    args = parse_experiment(p, argv, QUICK, FULL)
     if args.steps < 1 or args.eval_every < 1:
         p.error("--steps and --eval-every must be >= 1")
     if args.batch_size < 2:

@@ -51,7 +51,16 @@ import tinynorm as tn
 from tinynorm.data import ClassBatchSampler, DataLoader, IDXError
 from tinynorm.files import atomic_write
 
-from .common import endless, evaluate, load_mnist, markdown_table, train_step, write_outputs
+from .common import (
+    endless,
+    evaluate,
+    experiment_parser,
+    load_mnist,
+    markdown_table,
+    parse_experiment,
+    train_step,
+    write_outputs,
+)
 from .mnist import build_model
 
 MODELS = {"bn": "BN", "brn": "BRN", "bn_iid": "BN, i.i.d. batches"}
@@ -60,16 +69,11 @@ FULL = dict(steps=2_000, eval_every=250, width=16, train_limit=None, test_limit=
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m tinynorm.examples.brn_noniid",
-        description="BatchNorm vs BatchRenorm in the main job's CNN trained on batches of only "
+    p = experiment_parser(
+        "brn_noniid",
+        "BatchNorm vs BatchRenorm in the main job's CNN trained on batches of only "
         "k classes, tested with inference statistics (and BN on i.i.d. batches for reference).",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a short run: 600 steps, width 8, evaluation every 100, 1,000 test images "
-        "(explicit options still win)",
+        "a short run: 600 steps, width 8, evaluation every 100, 1,000 test images",
     )
     p.add_argument("--steps", type=int, help="training steps (default: 2,000)")
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default: 250)")
@@ -83,19 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (default: 0.02)")
     p.add_argument("--width", type=int, help="channels of the first conv (default: 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the batches")
-    p.add_argument("--out", default="results/brn_noniid", help="output directory")
-    p.add_argument(
-        "--data-dir",
-        help="directory holding the four MNIST IDX files (overrides $TINYNORM_DATA, the cache "
-        "and the download)",
-    )
-    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N images")
-    p.add_argument("--test-limit", type=int, metavar="N", help="test on the first N images")
-    args = p.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    args = parse_experiment(p, argv, QUICK, FULL)
     if args.steps < 1 or args.eval_every < 1 or args.width < 1 or not args.lr > 0:
         p.error("--steps, --eval-every and --width must be >= 1 and --lr > 0")
     if args.batch_size < 2 * args.classes_per_batch:

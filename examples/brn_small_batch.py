@@ -49,7 +49,16 @@ import tinynorm as tn
 from tinynorm.data import DataLoader, IDXError
 from tinynorm.files import atomic_write
 
-from .common import endless, evaluate, load_mnist, markdown_table, train_step, write_outputs
+from .common import (
+    endless,
+    evaluate,
+    experiment_parser,
+    load_mnist,
+    markdown_table,
+    parse_experiment,
+    train_step,
+    write_outputs,
+)
 from .mnist import build_model
 
 NORMS = {"bn": "BN", "brn": "BRN", "gn": "GN"}
@@ -59,16 +68,11 @@ FULL = dict(examples=20_000, width=16, train_limit=None, test_limit=None)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m tinynorm.examples.brn_small_batch",
-        description="BatchNorm vs BatchRenorm vs GroupNorm in the main job's CNN at small "
+    p = experiment_parser(
+        "brn_small_batch",
+        "BatchNorm vs BatchRenorm vs GroupNorm in the main job's CNN at small "
         "batch sizes, each trained on the same examples, tested with inference statistics.",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a short run: 2,000 examples per run, width 8, 1,000 test images "
-        "(explicit options still win)",
+        "a short run: 2,000 examples per run, width 8, 1,000 test images",
     )
     p.add_argument(
         "--examples", type=int, help="training examples per run (default: 20,000, two epochs)"
@@ -87,19 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"learning rate at batch {REFERENCE_BATCH}, scaled linearly (default: 0.05)",
     )
     p.add_argument("--width", type=int, help="channels of the first conv (default: 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the shuffling")
-    p.add_argument("--out", default="results/brn_small_batch", help="output directory")
-    p.add_argument(
-        "--data-dir",
-        help="directory holding the four MNIST IDX files (overrides $TINYNORM_DATA, the cache "
-        "and the download)",
-    )
-    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N images")
-    p.add_argument("--test-limit", type=int, metavar="N", help="test on the first N images")
-    args = p.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    args = parse_experiment(p, argv, QUICK, FULL)
     if min(args.batch_sizes) < 2:
         p.error("--batch-sizes must be >= 2 (batch norm needs two examples to normalize)")
     if args.examples < max(args.batch_sizes) or args.width < 1 or not args.lr > 0:

@@ -3,6 +3,7 @@ batches that never run out, and the CSV / Markdown / PNG outputs, each written a
 
 from __future__ import annotations
 
+import argparse
 import csv
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,6 +22,36 @@ NO_MATPLOTLIB = (
     "matplotlib is not installed: pip install 'tinynorm[plot]' for the figure; "
     "CSV and Markdown written"
 )
+
+
+def experiment_parser(name: str, description: str, quick_help: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every experiment shares: --quick, --seed, --out
+    (default results/<name>), --data-dir, --train-limit, --test-limit."""
+    p = argparse.ArgumentParser(prog=f"python -m tinynorm.examples.{name}", description=description)
+    p.add_argument(
+        "--quick", action="store_true", help=f"{quick_help} (explicit options still win)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the batches")
+    p.add_argument(
+        "--out", default=f"results/{name}", help=f"output directory (default: results/{name})"
+    )
+    p.add_argument(
+        "--data-dir",
+        help="directory holding the four MNIST IDX files (overrides $TINYNORM_DATA, the cache "
+        "and the download)",
+    )
+    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N images")
+    p.add_argument("--test-limit", type=int, metavar="N", help="test on the first N images")
+    return p
+
+
+def parse_experiment(p: argparse.ArgumentParser, argv, quick: dict, full: dict):
+    """Parse `argv`; every option left unset (None) takes its value from `quick` or `full`."""
+    args = p.parse_args(argv)
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def load_mnist(
