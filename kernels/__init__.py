@@ -109,13 +109,21 @@ def column_grad_sums(dy, x, center, scale):
     return _impl(x).column_grad_sums(dy, x, _rows(center, x), _rows(scale, x))
 
 
-def im2col(x, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]):
-    """The convolution's columns: x (N, C, H, W) -> (C·kh·kw, N·OH·OW), zero padding implied."""
+def im2col(
+    x,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    out=None,
+):
+    """The convolution's columns: x (N, C, H, W) -> (C·kh·kw, N·OH·OW), zero padding implied;
+    written into `out` (a contiguous array of that shape) when given."""
     x = _xp(x).ascontiguousarray(x)
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    cols = _xp(x).empty((C, kh, kw, N, OH, OW), x.dtype)
+    shape = (C, kh, kw, N, OH, OW)
+    cols = _xp(x).empty(shape, x.dtype) if out is None else out.reshape(shape)
     _impl(x).im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols)
     return cols.reshape(C * kh * kw, N * OH * OW)
 
@@ -126,14 +134,15 @@ def col2im(
     kernel: tuple[int, int],
     stride: tuple[int, int],
     padding: tuple[int, int],
+    out=None,
 ):
     """The adjoint of `im2col`: dcols (C·kh·kw, N·OH·OW) summed back into dx of `shape`
-    (N, C, H, W), overlapping windows adding up."""
+    (N, C, H, W), overlapping windows adding up; dx is `out` (contiguous) when given."""
     N, C, H, W = shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
     cols = _xp(dcols).ascontiguousarray(dcols).reshape(C, kh, kw, N, OH, OW)
-    dx = _xp(dcols).empty(shape, dcols.dtype)
+    dx = _xp(dcols).empty(shape, dcols.dtype) if out is None else out
     return _impl(dcols).col2im(cols, sh, sw, ph, pw, dx)
 
 

@@ -69,19 +69,38 @@ def test_conv2d_matches_naive_and_gradcheck(rng, x_shape, w_shape, stride, paddi
     assert tn.gradcheck(lambda *t: conv2d(*t, stride=stride, padding=padding), inputs)
 
 
+@pytest.mark.parametrize("images_per_chunk", [1, 2, 4])
+def test_conv2d_in_batch_chunks(rng, monkeypatch, images_per_chunk):
+    """On the CPU the batch runs in chunks whose columns fit COLUMN_BYTES: with 1, 2 and 4
+    images a chunk (5 images: a partial last chunk) values and gradients stay exact."""
+    from tinynorm.ops import conv
+
+    x, w, b = leaf(rng, 5, 2, 6, 5), leaf(rng, 3, 2, 3, 3), leaf(rng, 3)
+    column_bytes = 2 * 3 * 3 * 6 * 5 * 8  # one image's columns in float64 (padding 1)
+    monkeypatch.setattr(conv, "COLUMN_BYTES", images_per_chunk * column_bytes)
+    assert len(conv.batch_chunks(x.data, column_bytes)) == -(-5 // images_per_chunk)
+    expected = naive_conv2d(x.data, w.data, b.data, (1, 1), (1, 1))
+    np.testing.assert_allclose(conv2d(x, w, b, padding=1).data, expected, rtol=1e-12)
+    assert tn.gradcheck(lambda *t: conv2d(*t, padding=1), [x, w, b])
+
+
 def test_conv2d_gradient_only_where_asked(rng):
-    """Only the weight wants a gradient: no dx is computed and W₂ is not kept for it."""
+    """Only the weight wants a gradient: no dx is computed."""
     x, w, b = leaf(rng, 2, 3, 6, 5, requires_grad=False), leaf(rng, 4, 3, 3, 3), leaf(rng, 4)
-    assert conv2d(x, w, b)._fn.w2 is None
+    y = conv2d(x, w, b)
+    dx, dw, db = y._fn.backward(np.ones(y.shape))
+    assert dx is None and dw.shape == w.shape and db.shape == b.shape
     assert tn.gradcheck(lambda x, w, b: conv2d(x, w, b, padding=1), [x, w, b])
     assert x.grad is None
 
 
 def test_conv2d_input_gradient_only(rng):
-    """Only the input wants a gradient: the column matrix is not kept for dW."""
+    """Only the input wants a gradient: no dW is computed."""
     x = leaf(rng, 2, 3, 6, 5)
     w = leaf(rng, 4, 3, 3, 3, requires_grad=False)
-    assert conv2d(x, w)._fn.cols is None
+    y = conv2d(x, w)
+    dx, dw, db = y._fn.backward(np.ones(y.shape))
+    assert dx.shape == x.shape and dw is None and db is None
     assert tn.gradcheck(lambda x, w: conv2d(x, w, stride=2, padding=1), [x, w])
     assert w.grad is None
 
