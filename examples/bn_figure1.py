@@ -279,7 +279,8 @@ def plot(rows: list[dict], path: Path) -> bool:
             ax.plot(steps, [r[f"{key}_p{q}"] for r in rows], label=f"{q}th percentile")
         ax.set(title=f"({panel}) sigmoid input, {LABELS[key]}")
         ax.set_xlabel("training step")
-        ax.legend()
+    # one legend for (b) and (c), under the panels, where it hides no curve
+    fig.legend(*ax_b.get_legend_handles_labels(), loc="outside lower right", ncols=3)
     low = min(ax_b.get_ylim()[0], ax_c.get_ylim()[0])
     high = max(ax_b.get_ylim()[1], ax_c.get_ylim()[1])
     for ax in (ax_b, ax_c):
