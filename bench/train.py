@@ -62,7 +62,7 @@ from tinynorm.nn.module import Module  # noqa: E402
 from tinynorm.ops.conv import Conv2d  # noqa: E402
 from tinynorm.ops.elementwise import ReLU  # noqa: E402
 from tinynorm.ops.matmul import Linear, MatMul  # noqa: E402
-from tinynorm.ops.norm import Normalize  # noqa: E402
+from tinynorm.ops.norm import Normalize, NormalizeRuns  # noqa: E402
 from tinynorm.ops.norm_mixed import MixedNormalize, SwitchableNormalize  # noqa: E402
 from tinynorm.ops.pool import AvgPool2d, MaxPool2d  # noqa: E402
 from tinynorm.ops.softmax import CrossEntropy  # noqa: E402
@@ -76,6 +76,7 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.02, 0.9, 5e-4  # the main job's SGD
 OP_CATEGORY: dict[type[Function], str] = {
     Conv2d: "conv",
     Normalize: "norm",
+    NormalizeRuns: "norm",
     MixedNormalize: "norm",
     SwitchableNormalize: "norm",
     WeightNorm: "norm",

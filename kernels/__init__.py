@@ -13,6 +13,15 @@ see every input as x[n, c, s] (S = product of spatial dims) and work on rows r =
                                             alpha[r]·dy·w[c, s] + beta[r]·(x - center[r]) + delta[r]
     column_grad_sums(dy, x, center, scale)  Σ_n dy, Σ_n dy·(x - center[r])·scale[r]
 
+and, for the per-sample statistics (IN, GN, LN), each over a run of k consecutive rows, the same
+work fused per run while it is in cache (on a GPU: composed from the kernels above):
+
+    normalize_runs(x, k, eps, gamma, beta, w, b)
+                                            ρ = 1/sqrt(var_run + eps), y = (x - mean_run)·ρ·
+                                            gamma[c]·w[c, s] + beta[c] + b[c, s]; mean_run, ρ
+    combine_runs(dy, x, k, mean, rstd, gamma, w)
+                                            its backward: dx, Σ_s dy·w, Σ_s dy·w·(x - mean_run)
+
 and, for the convolution's single GEMM, `im2col` (the window columns of an image batch) and its
 adjoint `col2im`; for max pooling, `max_pool` (values and argmax) and `max_pool_backward`.
 
@@ -55,9 +64,9 @@ def _view(x):
     return _xp(x).ascontiguousarray(x)
 
 
-def _filled(shape, a, x):
-    """A fresh contiguous array of `shape` in x's dtype holding `a` broadcast."""
-    out = _xp(x).empty(shape, x.dtype)
+def _filled(shape, a, x, dtype=None):
+    """A fresh contiguous array of `shape` in `dtype` (default x's) holding `a` broadcast."""
+    out = _xp(x).empty(shape, x.dtype if dtype is None else dtype)
     out[...] = a
     return out
 
@@ -74,6 +83,15 @@ def _tables(x, *tables):
     return [empty if t is None else _filled(x.shape[1:], t, x) for t in tables]
 
 
+def _affine_tables(x, w, b):
+    """`_tables` for (w, b): both or neither; one given alone gets the identity as its partner."""
+    if w is None and b is not None:
+        w = 1
+    if b is None and w is not None:
+        b = 0
+    return _tables(x, w, b)
+
+
 def row_moments(x):
     x = _view(x)
     return _impl(x).row_moments(x)
@@ -82,13 +100,9 @@ def row_moments(x):
 def normalize(x, center, scale, shift, w=None, b=None):
     x = _view(x)
     rows = [_rows(a, x) for a in (center, scale, shift)]
-    if w is None and b is not None:
-        w = 1
-    if b is None and w is not None:
-        b = 0
     if on_gpu(x):
-        return _impl(x).normalize(x, *rows, *_tables(x, w, b))
-    return cpu.normalize(x, *rows, *_tables(x, w, b), np.empty_like(x))
+        return _impl(x).normalize(x, *rows, *_affine_tables(x, w, b))
+    return cpu.normalize(x, *rows, *_affine_tables(x, w, b), np.empty_like(x))
 
 
 def row_grad_sums(dy, x, center, w=None):
@@ -107,6 +121,103 @@ def combine(dy, x, center, alpha, beta, delta, w=None):
 def column_grad_sums(dy, x, center, scale):
     x, dy = _view(x), _view(dy)
     return _impl(x).column_grad_sums(dy, x, _rows(center, x), _rows(scale, x))
+
+
+def _runs(x, k: int) -> int:
+    """G = C/k, the runs of k consecutive rows per sample, or an error."""
+    C = x.shape[1]
+    if k < 1 or C % k:
+        raise ValueError(f"runs of k = {k} rows must divide the {C} channels")
+    return C // k
+
+
+def _run_stats(x, k: int, *stats):
+    """Per-run arguments as fresh (N, C/k) float64 arrays."""
+    return [_filled((x.shape[0], _runs(x, k)), a, x, np.float64) for a in stats]
+
+
+def _per_row(a, k: int):
+    """A per-run array (N, G) repeated for each of its k rows: (N, G·k)."""
+    return _xp(a).repeat(a, k, axis=1)
+
+
+def _channel(x, a, default: float):
+    """A per-channel argument as a (C,) array in x's dtype; None becomes `default`."""
+    return _filled(x.shape[1], default if a is None else a, x)
+
+
+def normalize_runs(x, k: int, eps: float, gamma=None, beta=None, w=None, b=None):
+    """Normalization over runs of k consecutive rows (InstanceNorm: k = 1; GroupNorm: k = C/G;
+    LayerNorm on its (N, 1, S) view: k = 1), m = k·S values a statistic, fused per run:
+
+        mean = Σ x / m,  var = Σ (x - mean)² / m,  ρ = 1/sqrt(var + eps),
+        y = (x - mean)·ρ·gamma[c]·w[c, s] + beta[c] + b[c, s]
+
+    x (N, C, S); gamma, beta (C,) or None (1, 0); w, b (C, S) tables or None. Returns y (x's
+    shape and dtype), mean and rstd = ρ (N, C/k) in float64."""
+    x = _view(x)
+    if on_gpu(x):
+        return normalize_runs_composed(x, k, eps, gamma, beta, w, b)
+    shape = (x.shape[0], _runs(x, k))
+    y, mean, rstd = np.empty_like(x), np.empty(shape), np.empty(shape)
+    gamma, beta = _channel(x, gamma, 1), _channel(x, beta, 0)
+    cpu.normalize_runs(x, k, float(eps), gamma, beta, *_affine_tables(x, w, b), y, mean, rstd)
+    return y, mean, rstd
+
+
+def combine_runs(dy, x, k: int, mean, rstd, gamma=None, w=None):
+    """The backward of `normalize_runs` (its statistics differentiated), fused per run. With
+    dx̂ = gamma[c]·dy·w[c, s], x̂ = (x - mean)·ρ and ⟨·⟩ the mean over a run's m = k·S values:
+
+        dx = ρ·(dx̂ - ⟨dx̂⟩ - x̂·⟨dx̂·x̂⟩),
+        sum_dy = Σ_s dy·w,  sum_dyx = Σ_s dy·w·(x - mean)   per row, without gamma
+
+    (the sums give the affine's gradients: dβ[c] = Σ_n sum_dy, dγ[c] = Σ_n ρ·sum_dyx).
+    dy, x (N, C, S); mean, rstd (N, C/k) as `normalize_runs` returns them; gamma (C,) or None;
+    w (C, S) or None. Returns dx (x's shape and dtype), sum_dy and sum_dyx (N, C) in float64."""
+    x, dy = _view(x), _view(dy)
+    if on_gpu(x):
+        return combine_runs_composed(dy, x, k, mean, rstd, gamma, w)
+    mean, rstd = _run_stats(x, k, mean, rstd)
+    dx, sums = np.empty_like(x), (np.empty(x.shape[:2]), np.empty(x.shape[:2]))
+    cpu.combine_runs(dy, x, k, mean, rstd, _channel(x, gamma, 1), *_tables(x, w), dx, *sums)
+    return dx, *sums
+
+
+def normalize_runs_composed(x, k: int, eps: float, gamma=None, beta=None, w=None, b=None):
+    """`normalize_runs` from the row kernels, for any array module (the path on a GPU):
+    row_moments, the rows pooled per run (M2 = Σ M2_row + S·Σ (mean_row - mean)²), normalize."""
+    x = _view(x)
+    xp = _xp(x)
+    N, _, S = x.shape
+    G = _runs(x, k)
+    row_mean, row_m2 = row_moments(x)
+    mean = row_mean.reshape(N, G, k).mean(axis=2)
+    m2 = (row_m2 + S * (row_mean - _per_row(mean, k)) ** 2).reshape(N, G, k).sum(axis=2)
+    rstd = 1.0 / xp.sqrt(m2 / (k * S) + eps)
+    scale = _per_row(rstd, k) * (1 if gamma is None else gamma)
+    y = normalize(x, _per_row(mean, k), scale, 0 if beta is None else beta, w, b)
+    return y, mean, rstd
+
+
+def combine_runs_composed(dy, x, k: int, mean, rstd, gamma=None, w=None):
+    """`combine_runs` from the row kernels, for any array module (the path on a GPU):
+    row_grad_sums, the coefficients of dx pooled per run, combine."""
+    x, dy = _view(x), _view(dy)
+    N, _, S = x.shape
+    G = _runs(x, k)
+    mean, rstd = _run_stats(x, k, mean, rstd)
+    center = _per_row(mean, k)
+    sum_dy, sum_dyx = row_grad_sums(dy, x, center, w)
+    g = 1 if gamma is None else gamma  # dx̂ = g·dy·w
+
+    def run_mean(rows):
+        return (g * rows).reshape(N, G, k).sum(axis=2) / (k * S)
+
+    alpha = _per_row(rstd, k) * g
+    beta = _per_row(-rstd * rstd * rstd * run_mean(sum_dyx), k)
+    delta = _per_row(-rstd * run_mean(sum_dy), k)
+    return combine(dy, x, center, alpha, beta, delta, w), sum_dy, sum_dyx
 
 
 def im2col(

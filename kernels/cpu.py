@@ -15,10 +15,15 @@ per position (c, s), Σ_n dy and Σ_n dy·x̂. Which rows a statistic pools (per
 BatchNorm, per row for InstanceNorm, per sample and group for GroupNorm and LayerNorm) is decided
 by the caller on the small (N, C) arrays; the kernels never need to know.
 
+The per-sample statistics (IN, GN, LN) each cover a run of k consecutive rows, one contiguous
+block small enough to stay in cache, so two fused kernels do the same work in fewer passes over
+memory: `normalize_runs` (the run's moments, then y: 1 read of x, 1 write) and `combine_runs`
+(the row sums, then dx: 2 reads, 1 write). All of them share the per-row loops below.
+
 `w` and `b` are (C, S) tables for an elementwise affine, or (0, 0) arrays for none (a
-per-channel affine is folded into scale/shift by the caller). Sums accumulate in float64;
-values are stored in the input's dtype. Centering on the row's mean before multiplying keeps
-float32 accurate when |mean| ≫ std.
+per-channel affine is folded into scale/shift by the caller, or given to the run kernels as
+(C,) gamma and beta). Sums accumulate in float64; values are stored in the input's dtype.
+Centering on the row's mean before multiplying keeps float32 accurate when |mean| ≫ std.
 """
 
 from __future__ import annotations
@@ -30,25 +35,83 @@ FLAGS = {"reassoc", "contract", "nsz"}  # SIMD reductions; keeps NaN and inf sem
 COLUMN_BLOCK = 1024  # positions per task in column_grad_sums
 
 
+@njit(cache=True, fastmath=FLAGS)
+def _moments(x, n, lo, hi):
+    """Mean and M2 = Σ (x - mean)² of the rows lo..hi-1 of sample n (one contiguous block), in
+    float64: two passes over the block while it is in cache."""
+    S = x.shape[2]
+    total = 0.0
+    for c in range(lo, hi):
+        row = x[n, c]
+        for i in range(S):
+            total += row[i]
+    mean = total / ((hi - lo) * S)
+    sq = 0.0
+    for c in range(lo, hi):
+        row = x[n, c]
+        for i in range(S):
+            d = row[i] - mean
+            sq += d * d
+    return mean, sq
+
+
+@njit(cache=True, fastmath=FLAGS)
+def _normalize_row(x, y, n, c, center, scale, shift, w, b):
+    """y[n, c] = (x[n, c] - center) · scale · w[c] + shift + b[c] (no table when w is empty);
+    the scalars in x's dtype."""
+    row, out = x[n, c], y[n, c]
+    if w.size > 0:
+        wc, bc = w[c], b[c]
+        for i in range(row.size):
+            out[i] = (row[i] - center) * scale * wc[i] + (shift + bc[i])
+    else:
+        for i in range(row.size):
+            out[i] = (row[i] - center) * scale + shift
+
+
+@njit(cache=True, fastmath=FLAGS)
+def _row_grad_sums(dy, x, n, c, center, w):
+    """Σ_s dy·w and Σ_s dy·w·(x - center) over row (n, c), in float64 (w = 1 when empty)."""
+    grow, row = dy[n, c], x[n, c]
+    a = 0.0
+    b = 0.0
+    if w.size > 0:
+        wc = w[c]
+        for i in range(row.size):
+            g = np.float64(grow[i] * wc[i])
+            a += g
+            b += g * (row[i] - center)
+    else:
+        for i in range(row.size):
+            g = np.float64(grow[i])
+            a += g
+            b += g * (row[i] - center)
+    return a, b
+
+
+@njit(cache=True, fastmath=FLAGS)
+def _combine_row(dy, x, dx, n, c, center, alpha, beta, delta, w):
+    """dx[n, c] = alpha · dy · w[c] + beta · (x - center) + delta (w = 1 when empty); the
+    scalars in x's dtype."""
+    grow, row, out = dy[n, c], x[n, c], dx[n, c]
+    if w.size > 0:
+        wc = w[c]
+        for i in range(row.size):
+            out[i] = alpha * grow[i] * wc[i] + beta * (row[i] - center) + delta
+    else:
+        for i in range(row.size):
+            out[i] = alpha * grow[i] + beta * (row[i] - center) + delta
+
+
 @njit(parallel=True, cache=True, fastmath=FLAGS)
 def row_moments(x):
     """x (N, C, S) -> mean (N, C), m2 (N, C) in float64; two passes over each cached row."""
-    N, C, S = x.shape
+    N, C, _ = x.shape
     mean = np.empty((N, C))
     m2 = np.empty((N, C))
     for r in prange(N * C):
         n, c = r // C, r % C
-        row = x[n, c]
-        total = 0.0
-        for i in range(S):
-            total += row[i]
-        m = total / S
-        sq = 0.0
-        for i in range(S):
-            d = row[i] - m
-            sq += d * d
-        mean[n, c] = m
-        m2[n, c] = sq
+        mean[n, c], m2[n, c] = _moments(x, n, c, c + 1)
     return mean, m2
 
 
@@ -56,50 +119,24 @@ def row_moments(x):
 def normalize(x, center, scale, shift, w, b, y=None):
     """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s]; row arrays in x's dtype.
     Pass `y` allocated by NumPy: its large arrays get huge pages, so first writes fault less."""
-    N, C, S = x.shape
+    N, C, _ = x.shape
     if y is None:
         y = np.empty_like(x)
-    elementwise = w.size > 0
     for r in prange(N * C):
         n, c = r // C, r % C
-        m, a, t = center[n, c], scale[n, c], shift[n, c]
-        row, out = x[n, c], y[n, c]
-        if elementwise:
-            wc, bc = w[c], b[c]
-            for i in range(S):
-                out[i] = (row[i] - m) * a * wc[i] + (t + bc[i])
-        else:
-            for i in range(S):
-                out[i] = (row[i] - m) * a + t
+        _normalize_row(x, y, n, c, center[n, c], scale[n, c], shift[n, c], w, b)
     return y
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)
 def row_grad_sums(dy, x, center, w):
     """Per row, in float64: Σ_s dy·w and Σ_s dy·w·(x - center[r]) (w = 1 when empty)."""
-    N, C, S = x.shape
+    N, C, _ = x.shape
     sum_g = np.empty((N, C))
     sum_gx = np.empty((N, C))
-    elementwise = w.size > 0
     for r in prange(N * C):
         n, c = r // C, r % C
-        m = center[n, c]
-        grow, row = dy[n, c], x[n, c]
-        a = 0.0
-        b = 0.0
-        if elementwise:
-            wc = w[c]
-            for i in range(S):
-                g = np.float64(grow[i] * wc[i])
-                a += g
-                b += g * (row[i] - m)
-        else:
-            for i in range(S):
-                g = np.float64(grow[i])
-                a += g
-                b += g * (row[i] - m)
-        sum_g[n, c] = a
-        sum_gx[n, c] = b
+        sum_g[n, c], sum_gx[n, c] = _row_grad_sums(dy, x, n, c, center[n, c], w)
     return sum_g, sum_gx
 
 
@@ -107,21 +144,66 @@ def row_grad_sums(dy, x, center, w):
 def combine(dy, x, center, alpha, beta, delta, w, dx=None):
     """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r]; row arrays in x's
     dtype. Every variant's closed-form dx has this shape once its row coefficients are known."""
-    N, C, S = x.shape
+    N, C, _ = x.shape
     if dx is None:
         dx = np.empty_like(x)
-    elementwise = w.size > 0
     for r in prange(N * C):
         n, c = r // C, r % C
         m, a, bt, d = center[n, c], alpha[n, c], beta[n, c], delta[n, c]
-        grow, row, out = dy[n, c], x[n, c], dx[n, c]
-        if elementwise:
-            wc = w[c]
-            for i in range(S):
-                out[i] = a * grow[i] * wc[i] + bt * (row[i] - m) + d
-        else:
-            for i in range(S):
-                out[i] = a * grow[i] + bt * (row[i] - m) + d
+        _combine_row(dy, x, dx, n, c, m, a, bt, d, w)
+    return dx
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def normalize_runs(x, k, eps, gamma, beta, w, b, y, mean, rstd):
+    """Per-sample statistics fused with their output, per run of k consecutive rows (one
+    contiguous block of m = k·S values, visited while it is in cache): the run's mean and
+    M2 = Σ (x - mean)² (float64, two passes), ρ = 1/sqrt(M2/m + eps), then
+    y = (x - mean) · ρ · gamma[c] · w[c, s] + beta[c] + b[c, s].
+    x, y (N, C, S); gamma, beta (C,) in x's dtype; w, b (C, S) or (0, 0); mean and rstd, the
+    outputs (N, C/k), in float64."""
+    N, C, S = x.shape
+    G = C // k
+    cast = x.dtype.type
+    for j in prange(N * G):
+        n, g = j // G, j % G
+        lo = g * k
+        mu, m2 = _moments(x, n, lo, lo + k)
+        r = 1.0 / np.sqrt(m2 / (k * S) + eps)
+        mean[n, g], rstd[n, g] = mu, r
+        for c in range(lo, lo + k):
+            _normalize_row(x, y, n, c, cast(mu), cast(r * gamma[c]), beta[c], w, b)
+    return y
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def combine_runs(dy, x, k, mean, rstd, gamma, w, dx, sum_dy, sum_dyx):
+    """The backward of `normalize_runs` (its statistics differentiated), per run of k rows read
+    twice while in cache. Pass 1, per row: sum_dy = Σ_s dy·w, sum_dyx = Σ_s dy·w·(x - mean)
+    (float64, w = 1 when empty; without gamma: the caller's dγ, dβ). Then with dx̂ = gamma[c]·dy·w
+    and m = k·S: ⟨dx̂⟩ = Σ gamma·sum_dy / m, ⟨dx̂·x̂⟩ = ρ·Σ gamma·sum_dyx / m over the run's rows;
+    pass 2: dx = ρ·dx̂ - ρ²·⟨dx̂·x̂⟩·(x - mean) - ρ·⟨dx̂⟩.
+    dy, x, dx (N, C, S); mean, rstd (N, C/k) float64; gamma (C,); w (C, S) or (0, 0); the
+    outputs sum_dy, sum_dyx (N, C) float64."""
+    N, C, S = x.shape
+    G = C // k
+    m = k * S
+    cast = x.dtype.type
+    for j in prange(N * G):
+        n, g = j // G, j % G
+        lo = g * k
+        center, r = cast(mean[n, g]), rstd[n, g]
+        total = 0.0
+        total_x = 0.0
+        for c in range(lo, lo + k):
+            a, b = _row_grad_sums(dy, x, n, c, center, w)
+            sum_dy[n, c], sum_dyx[n, c] = a, b
+            total += gamma[c] * a
+            total_x += gamma[c] * b
+        beta = cast(-r * r * (r * total_x / m))
+        delta = cast(-r * (total / m))
+        for c in range(lo, lo + k):
+            _combine_row(dy, x, dx, n, c, center, cast(r * gamma[c]), beta, delta, w)
     return dx
 
 

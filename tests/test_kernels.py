@@ -293,6 +293,106 @@ def test_cpu_normalized_rows_have_zero_mean_and_unit_variance(shape, dtype, offs
     np.testing.assert_allclose(y_m2 / S, var / (var + eps), rtol=0, atol=tol)
 
 
+# the fused per-run kernels (IN, GN, LN) ----------------------------------------------------------
+
+EPS = 1e-5
+# (shape, k): runs of k rows that divide C, on sizes that are multiples of nothing; one long row
+RUN_CASES = [((3, 6, 7), k) for k in (1, 2, 3, 6)] + [((2, 4, 1000), 2), ((2, 1, 5000), 1)]
+run_case_param = pytest.mark.parametrize(("shape", "k"), RUN_CASES, ids=str)
+channels_param = pytest.mark.parametrize("channels", [False, True], ids=["plain", "gamma-beta"])
+
+
+@dataclass
+class Runs:
+    """A Case with per-channel gamma, beta (C,) or None, and the tables w, b or None."""
+
+    case: Case
+    k: int
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    w: np.ndarray | None
+    b: np.ndarray | None
+
+    @property
+    def affine(self):
+        return self.gamma, self.beta, self.w, self.b
+
+
+def make_runs(rng, shape, k, dtype, channels: bool, elementwise: bool) -> Runs:
+    case = make_case(rng, shape, dtype, offset=1.5)
+    C = shape[1]
+    gamma = rng.uniform(0.5, 1.5, C).astype(dtype) if channels else None
+    beta = rng.standard_normal(C).astype(dtype) if channels else None
+    w, b = (case.w, case.b) if elementwise else (None, None)
+    return Runs(case, k, gamma, beta, w, b)
+
+
+def ref_runs(r: Runs):
+    """Float64 NumPy: the run statistics, y, and the backward's dx, Σ_s dy·w, Σ_s dy·w·(x - μ)."""
+    x, dy = r.case.f64("x", "dy")
+    N, C, _ = x.shape
+    G = C // r.k
+
+    def f64(a, default):
+        return default if a is None else a.astype(np.float64)
+
+    gamma = f64(r.gamma, np.ones(C))[:, None]
+    beta = f64(r.beta, np.zeros(C))[:, None]
+    w, b = f64(r.w, 1.0), f64(r.b, 0.0)
+    runs = x.reshape(N, G, -1)
+    mean = runs.mean(axis=2)
+    rstd = 1 / np.sqrt(runs.var(axis=2) + EPS)
+    xhat = ((runs - mean[..., None]) * rstd[..., None]).reshape(x.shape)
+    y = xhat * gamma * w + beta + b
+    dxhat = (gamma * dy * w).reshape(N, G, -1)
+    xh = xhat.reshape(N, G, -1)
+    dx = rstd[..., None] * (
+        dxhat - dxhat.mean(axis=2, keepdims=True) - xh * (dxhat * xh).mean(axis=2, keepdims=True)
+    )
+    terms_dy = dy * w
+    terms_dyx = terms_dy * (x - np.repeat(mean, r.k, axis=1)[..., None])
+    return y, mean, rstd, dx.reshape(x.shape), terms_dy, terms_dyx
+
+
+@run_case_param
+@dtype_param
+@channels_param
+@elementwise_param
+def test_cpu_runs_match_numpy_and_the_composed_path(rng, shape, k, dtype, channels, elementwise):
+    r = make_runs(rng, shape, k, dtype, channels, elementwise)
+    x, dy = r.case.x, r.case.dy
+    y, mean, rstd = kernels.normalize_runs(x, k, EPS, *r.affine)
+    ref_y, ref_mean, ref_rstd, ref_dx, terms_dy, terms_dyx = ref_runs(r)
+    assert mean.shape == rstd.shape == (shape[0], shape[1] // k)
+    assert_values(y, ref_y, dtype)
+    assert_means(mean, x.astype(np.float64), ref_mean)
+    np.testing.assert_allclose(rstd, ref_rstd, rtol=1e-10)
+    gamma, w = r.gamma, r.w
+    dx, sum_dy, sum_dyx = kernels.combine_runs(dy, x, k, mean, rstd, gamma, w)
+    assert_values(dx, ref_dx, dtype)
+    assert_sums(sum_dy, terms_dy, axis=2, tol=SUM_TOL[dtype])
+    assert_sums(sum_dyx, terms_dyx, axis=2, tol=SUM_TOL[dtype])
+
+    composed = kernels.normalize_runs_composed(x, k, EPS, *r.affine)
+    composed += kernels.combine_runs_composed(dy, x, k, mean, rstd, gamma, w)
+    for fused, other in zip((y, mean, rstd, dx, sum_dy, sum_dyx), composed):
+        assert fused.dtype == other.dtype
+        np.testing.assert_allclose(fused, other, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_cpu_runs_are_stable_for_a_large_offset(rng):
+    """x = 10⁴ + N(0, 1) in float32: centered moments, so each run of y has mean 0 and
+    variance 1 (no E[x²] - E[x]² cancellation)."""
+    x = (1e4 + rng.standard_normal((2, 4, 2000))).astype(np.float32)
+    y, mean, rstd = kernels.normalize_runs(x, 2, EPS)
+    runs = x.astype(np.float64).reshape(2, 2, -1)
+    np.testing.assert_allclose(mean, runs.mean(axis=2), rtol=1e-12)
+    np.testing.assert_allclose(1 / rstd**2 - EPS, runs.var(axis=2), rtol=1e-9)
+    y_runs = y.astype(np.float64).reshape(2, 2, -1)
+    np.testing.assert_allclose(y_runs.mean(axis=2), 0, atol=1e-3)
+    np.testing.assert_allclose(y_runs.var(axis=2), 1, atol=1e-3)
+
+
 # CUDA kernels against CPU ----------------------------------------------------------------------
 
 CUDA_USABLE = config.ENABLE_CUDASIM or numba_cuda.is_available()
@@ -408,6 +508,31 @@ def test_cuda_two_stage_row_grad_sums(rng, shape, chunk, dtype, elementwise):
     check_cuda_row_grad_sums(make_case(rng, shape, dtype), elementwise, chunk=chunk)
 
 
+def simulate_gpu(monkeypatch):
+    """From here on, the dispatch layer takes NumPy arrays for GPU arrays: the composed GPU path,
+    on the CUDA kernels (the simulator, or a GPU with copies), NumPy as the array module."""
+    monkeypatch.setattr(kernels, "on_gpu", lambda x: True)
+    monkeypatch.setattr(kernels, "_xp", lambda x: np)
+    monkeypatch.setattr(gpu, "_xp", lambda x: np)
+
+
+@cuda_test
+@pytest.mark.parametrize("k", [1, 3])
+@dtype_param
+@elementwise_param
+def test_cuda_runs_match_the_fused_cpu_kernels(rng, monkeypatch, k, dtype, elementwise):
+    r = make_runs(rng, (2, 6, 37), k, dtype, True, elementwise)
+    x, dy = r.case.x, r.case.dy
+    fused = kernels.normalize_runs(x, k, EPS, *r.affine)
+    fused += kernels.combine_runs(dy, x, k, *fused[1:], r.gamma, r.w)
+    simulate_gpu(monkeypatch)
+    on_gpu = kernels.normalize_runs(x, k, EPS, *r.affine)
+    on_gpu += kernels.combine_runs(dy, x, k, *on_gpu[1:], r.gamma, r.w)
+    for actual, expected in zip(on_gpu, fused):
+        assert actual.dtype == expected.dtype
+        np.testing.assert_allclose(actual, expected, rtol=TOL[dtype], atol=TOL[dtype])
+
+
 # numerical stability ---------------------------------------------------------------------------
 
 BIG = 2.0**24  # float32 values are 2 apart from here on: BIG + 1 is not a float32
@@ -520,6 +645,31 @@ def test_dispatch_makes_strided_input_contiguous(rng):
         assert_same_results(kernels.row_moments(x), cpu.row_moments(np.ascontiguousarray(x)))
 
 
+def test_dispatch_of_the_run_kernels(rng):
+    """One table alone gets the identity as its partner; per-run statistics broadcast to (N, G);
+    runs must divide the channels."""
+    c = make_case(rng, (2, 6, 37), np.float32)
+    ones, zeros = np.ones_like(c.w), np.zeros_like(c.b)
+    assert_same_results(
+        kernels.normalize_runs(c.x, 2, EPS, w=c.w),
+        kernels.normalize_runs(c.x, 2, EPS, None, None, c.w, zeros),
+    )
+    assert_same_results(
+        kernels.normalize_runs(c.x, 2, EPS, b=c.b),
+        kernels.normalize_runs(c.x, 2, EPS, None, None, ones, c.b),
+    )
+    per_sample = rng.uniform(0.5, 2.0, (2, 1))
+    assert_same_results(
+        kernels.combine_runs(c.dy, c.x, 3, 0.25, per_sample),
+        kernels.combine_runs(c.dy, c.x, 3, np.full((2, 2), 0.25), np.repeat(per_sample, 2, axis=1)),
+    )
+    for k in (0, 4, 7):
+        with pytest.raises(ValueError, match=f"runs of k = {k} rows must divide the 6 channels"):
+            kernels.normalize_runs(c.x, k, EPS)
+        with pytest.raises(ValueError, match="must divide"):
+            kernels.combine_runs(c.dy, c.x, k, 0.0, 1.0)
+
+
 def test_dispatch_broadcasts_per_row_arguments(rng):
     N, C, S = 3, 4, 10
     x = rng.standard_normal((N, C, S)).astype(np.float32)
@@ -556,6 +706,8 @@ CALLS = {
     "row_grad_sums": lambda x: kernels.row_grad_sums(x, x, 0.0),
     "combine": lambda x: kernels.combine(x, x, 0.0, 1.0, 0.0, 0.0),
     "column_grad_sums": lambda x: kernels.column_grad_sums(x, x, 0.0, 1.0),
+    "normalize_runs": lambda x: kernels.normalize_runs(x, 1, EPS),
+    "combine_runs": lambda x: kernels.combine_runs(x, x, 1, 0.0, 1.0),
 }
 
 
@@ -566,13 +718,14 @@ def test_dispatch_rejects_input_that_is_not_3d(name, shape):
         CALLS[name](np.zeros(shape, np.float32))
 
 
-@pytest.mark.parametrize("name", ["row_grad_sums", "combine", "column_grad_sums"])
+@pytest.mark.parametrize("name", ["row_grad_sums", "combine", "column_grad_sums", "combine_runs"])
 def test_dispatch_rejects_a_gradient_that_is_not_3d(name):
     x, dy = np.zeros((2, 3, 4), np.float32), np.zeros((6, 4), np.float32)
     call = {
         "row_grad_sums": lambda: kernels.row_grad_sums(dy, x, 0.0),
         "combine": lambda: kernels.combine(dy, x, 0.0, 1.0, 0.0, 0.0),
         "column_grad_sums": lambda: kernels.column_grad_sums(dy, x, 0.0, 1.0),
+        "combine_runs": lambda: kernels.combine_runs(dy, x, 1, 0.0, 1.0),
     }[name]
     with pytest.raises(ValueError, match=re.escape("got shape (6, 4)")):
         call()

@@ -101,6 +101,16 @@ def test_layer_gradcheck(rng, name, affine, training):
     check_layer(layer, x)
 
 
+@pytest.mark.parametrize(
+    "name", ["LayerNorm-last", "LayerNorm-no-bias", "InstanceNorm2d", "GroupNorm-G2"]
+)
+def test_parameter_gradients_without_an_input_gradient(rng, name):
+    """An input that needs no gradient: the per-sample norms skip dx and still get γ and β right."""
+    factory, shape = LAYERS[name]
+    layer = randomized(factory(True), rng)
+    check_layer(layer, tn.tensor(0.5 + 1.5 * rng.standard_normal(shape)))
+
+
 # ---- batch renorm: r and d are constants in the backward pass ------------------------------
 
 

@@ -349,12 +349,25 @@ def torch_pairs():
             torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True),
             (2, 3, 3, 4),
         ),
+        "InstanceNorm2d-untracked": (
+            nn.InstanceNorm2d(3, affine=True),
+            torch.nn.InstanceNorm2d(3, affine=True),
+            (2, 3, 3, 4),
+        ),
     }
 
 
 @needs_torch
 @pytest.mark.parametrize(
-    "name", ["BatchNorm2d", "BatchNorm2d-cumulative", "LayerNorm", "GroupNorm", "InstanceNorm2d"]
+    "name",
+    [
+        "BatchNorm2d",
+        "BatchNorm2d-cumulative",
+        "LayerNorm",
+        "GroupNorm",
+        "InstanceNorm2d",
+        "InstanceNorm2d-untracked",
+    ],
 )
 def test_against_torch(rng, name):
     """Same state_dict keys; three training steps (output, input and parameter gradients,

@@ -22,6 +22,11 @@ the seeds. With m values per statistic, dx̂ = r·γ·dy, and the means ⟨·⟩
 
 Every dx above is alpha·dy + beta·(x - μ) + delta with per-row coefficients, which is what the
 `combine` kernel computes: one pass for the row sums Σdy and Σdy·(x - μ), one pass for dx.
+
+`NormalizeRuns` is the same op for the per-sample patterns (IN, GN, LN) with batch statistics:
+each statistic covers a run of k consecutive rows, one contiguous block, so the statistics and
+y, and the sums and dx, are each computed in one visit of the run (`kernels.normalize_runs`,
+`kernels.combine_runs`): 3 passes over memory fewer than `Normalize` after `row_moments`.
 """
 
 from __future__ import annotations
@@ -81,6 +86,33 @@ def channel(a, C: int):
     return None if a is None else a.reshape(1, C)
 
 
+def affine_tables(view, weight, bias) -> list:
+    """An elementwise affine's γ and β as (C, S) tables of the (N, C, S) view; None stays None."""
+    return [None if t is None else t.reshape(view[1:]) for t in (weight, bias)]
+
+
+def affine_grads(dy, x3, mean, rstd, sums, needs, elementwise: bool, r=None, d=None):
+    """(dγ, dβ) in float64, None where `needs` (of γ, β) says no. Per channel from the row sums
+    `sums` = (Σ_s dy, Σ_s dy·(x - μ)) taken without γ: dβ = Σ_n Σ_s dy, dγ = Σ_n Σ_s dy·x̃ with
+    x̃ = r·x̂ + d; elementwise (over the view's (C, S)) by a column pass, where `sums` is unused."""
+    need_w, need_b = needs
+    if not (need_w or need_b):
+        return None, None
+    if elementwise:
+        db, dw = kernels.column_grad_sums(dy, x3, mean, rstd)
+        return (dw if need_w else None), (db if need_b else None)
+    sum_dy, sum_dyx = sums
+    dw = db = None
+    if need_w:
+        xt = sum_dyx * rstd * (1 if r is None else r)
+        if d is not None:
+            xt = xt + sum_dy * d
+        dw = xt.sum(axis=0)
+    if need_b:
+        db = sum_dy.sum(axis=0)
+    return dw, db
+
+
 class Normalize(Function):
     """y = γ·(r·(x - μ)·ρ + d) + β over one `Pattern` (see the module docstring)."""
 
@@ -105,8 +137,7 @@ class Normalize(Function):
         self.mean, self.rstd, self.elementwise = mean, rstd, elementwise
         self.r, self.d, self.weight, self.bias = channel(r, C), channel(d, C), weight, bias
         if elementwise:  # LayerNorm: γ and β span the normalized shape, a (1, S) table
-            table = [None if t is None else t.reshape(view[1:]) for t in (weight, bias)]
-            y = kernels.normalize(x3, mean, rstd, 0, *table)
+            y = kernels.normalize(x3, mean, rstd, 0, *affine_tables(view, weight, bias))
         else:
             scale = rstd if r is None else rstd * self.r
             shift = 0 if d is None else self.d
@@ -122,26 +153,23 @@ class Normalize(Function):
         dy = grad.reshape(x3.shape)
         need_x, need_w, need_b = self.needs_input_grad
         w_table = None
-        if self.elementwise and self.weight is not None:
-            w_table = self.weight.reshape(x3.shape[1:])
+        if self.elementwise:  # the sums carry γ; the affine's grads need a column pass
+            w_table = affine_tables(x3.shape, self.weight, None)[0]
         sum_dy, sum_dyx = kernels.row_grad_sums(dy, x3, self.mean, w_table)
-        dw = db = None
-        if self.elementwise:  # sums above already carry γ; the affine's grads need a column pass
-            g = 1
-            if need_w or need_b:
-                db, dw = kernels.column_grad_sums(dy, x3, self.mean, rstd)
-                db, dw = (db if need_b else None), (dw if need_w else None)
-        else:
-            g = 1 if self.r is None else self.r  # dx̂ = g·dy per channel
-            if self.weight is not None:
-                g = g * channel(self.weight, C)
-            if need_w:
-                xt = sum_dyx * rstd * (1 if self.r is None else self.r)
-                if self.d is not None:
-                    xt = xt + sum_dy * self.d
-                dw = xt.sum(axis=0)
-            if need_b:
-                db = sum_dy.sum(axis=0)
+        dw, db = affine_grads(
+            dy,
+            x3,
+            self.mean,
+            rstd,
+            (sum_dy, sum_dyx),
+            (need_w, need_b),
+            self.elementwise,
+            self.r,
+            self.d,
+        )
+        g = 1 if self.r is None else self.r  # dx̂ = g·dy per channel (elementwise: γ in w_table)
+        if self.weight is not None and not self.elementwise:
+            g = g * channel(self.weight, C)
         dx = None
         if need_x:
             m = pattern.count(x3.shape)
@@ -151,6 +179,46 @@ class Normalize(Function):
             beta = -rstd * rstd * mean_dxh_xh if self.grad_mode == "mean_var" else 0
             delta = -rstd * mean_dxh if self.grad_mode != "none" else 0
             dx = kernels.combine(dy, x3, self.mean, alpha, beta, delta, w_table).reshape(self.shape)
+        return dx, cast_grad(dw, self.weight), cast_grad(db, self.bias)
+
+
+class NormalizeRuns(Function):
+    """y = γ·(x - μ)·ρ + β with batch statistics over runs of k consecutive rows (IN, GN, LN;
+    see `kernels.normalize_runs`), m = k·S values a statistic. Backward, with dx̂ = γ·dy and
+    ⟨·⟩ the mean over a run:
+
+        dx = ρ·(dx̂ - ⟨dx̂⟩ - x̂·⟨dx̂·x̂⟩)                  (`kernels.combine_runs`)
+        dβ = Σ_n Σ_s dy,  dγ = Σ_n ρ·Σ_s dy·(x - μ)     (per channel, from its row sums)
+
+    An elementwise γ, β (LayerNorm) are (C, S) tables: dx̂ = γ[c, s]·dy, and their gradients
+    are sums over N (a column pass)."""
+
+    def forward(self, x, weight, bias, *, view, k, eps, elementwise=False):
+        x3 = x.reshape(view)
+        self.x3, self.shape, self.k, self.elementwise = x3, x.shape, k, elementwise
+        self.weight, self.bias = weight, bias
+        self.gamma, beta, tables = weight, bias, (None, None)
+        if elementwise:
+            self.gamma, beta, tables = None, None, affine_tables(view, weight, bias)
+        self.w_table = tables[0]
+        y, self.mean, self.rstd = kernels.normalize_runs(x3, k, eps, self.gamma, beta, *tables)
+        return y.reshape(x.shape)
+
+    def backward(self, grad):
+        x3, k = self.x3, self.k
+        dy = grad.reshape(x3.shape)
+        need_x, need_w, need_b = self.needs_input_grad
+        dx = sums = None
+        if need_x:
+            dx, *sums = kernels.combine_runs(
+                dy, x3, k, self.mean, self.rstd, self.gamma, self.w_table
+            )
+            dx = dx.reshape(self.shape)
+        xp = backend.get_array_module(x3)
+        mean, rstd = (xp.repeat(a, k, axis=1) for a in (self.mean, self.rstd))  # per row
+        if sums is None and not self.elementwise and (need_w or need_b):
+            sums = kernels.row_grad_sums(dy, x3, mean)
+        dw, db = affine_grads(dy, x3, mean, rstd, sums, (need_w, need_b), self.elementwise)
         return dx, cast_grad(dw, self.weight), cast_grad(db, self.bias)
 
 
@@ -191,3 +259,19 @@ def normalize(
         d=d,
         elementwise=elementwise,
     )
+
+
+def normalize_runs(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    *,
+    view,
+    k: int,
+    eps: float,
+    elementwise: bool = False,
+) -> Tensor:
+    """y = γ·(x - μ)/sqrt(σ² + ε) + β with μ, σ² (biased) the batch statistics of each run of k
+    consecutive rows of the (N, C, S) `view` (IN: k = 1, GN: k = C/G, LN: view (N, 1, S), k =
+    1); γ, β per channel, or (1, S) tables of the normalized shape if `elementwise`."""
+    return NormalizeRuns.apply(x, weight, bias, view=view, k=k, eps=eps, elementwise=elementwise)

@@ -2,7 +2,9 @@
 
 Each variant is a few lines over `norm.py`: choose the `Pattern` its statistics pool, compute
 batch statistics from the `row_moments` kernel or take running estimates, update the running
-estimates in place, and call the one fused `normalize` op.
+estimates in place, and call the one fused `normalize` op. The per-sample norms with batch
+statistics (GroupNorm, LayerNorm, InstanceNorm without running estimates) call `normalize_runs`
+instead, which computes their statistics in the same visit of each run as y.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 
 from .. import backend, kernels
 from ..tensor import Tensor
-from .norm import Part, Pattern, normalize, pooled_moments
+from .norm import Part, Pattern, normalize, normalize_runs, pooled_moments
 from .norm_mixed import mixed_normalize, switchable_normalize
 from .shape import permute, reshape
 from .softmax import softmax
@@ -247,6 +249,8 @@ def instance_norm(
             f"instance_norm: expected more than 1 spatial value per channel, got input of shape "
             f"{input.shape}"
         )
+    if running_mean is None:
+        return normalize_runs(input, weight, bias, view=view, k=1, eps=eps)
     mean, var = pooled_moments(*_row_moments(input, view), S, pattern)
     _update_running(running_mean, running_var, mean.mean(axis=0), var.mean(axis=0), S, momentum)
     return _apply(input, weight, bias, view, Part(pattern, mean, _rstd(var, eps), True))
@@ -265,8 +269,7 @@ def group_norm(
     C = view[1]
     if num_groups < 1 or C % num_groups:
         raise ValueError(f"group_norm: num_groups {num_groups} must divide the {C} channels")
-    part = _sample_part(view, _row_moments(input, view), Pattern(num_groups, False), eps)
-    return _apply(input, weight, bias, view, part)
+    return normalize_runs(input, weight, bias, view=view, k=C // num_groups, eps=eps)
 
 
 def layer_norm(
@@ -287,10 +290,8 @@ def layer_norm(
             f"layer_norm: input of shape {input.shape} does not end with normalized_shape {shape}"
         )
     view = (math.prod(input.shape[: input.ndim - k]), 1, math.prod(shape))
-    part = _sample_part(view, _row_moments(input, view), Pattern(1, False), eps)
-    return _apply(
-        input, weight, bias, view, part, elementwise=weight is not None or bias is not None
-    )
+    elementwise = weight is not None or bias is not None
+    return normalize_runs(input, weight, bias, view=view, k=1, eps=eps, elementwise=elementwise)
 
 
 def batch_instance_norm(
