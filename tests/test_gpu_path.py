@@ -1,0 +1,54 @@
+"""The GPU code path of a whole training step, without a GPU.
+
+Every kernel call is routed to the CUDA kernels (`kernels/cuda.py`, Numba's simulator here, a GPU
+where there is one) with NumPy as the array module, so everything but CuPy itself runs as on a
+GPU: the dispatch layer, the composed GPU paths, the two-stage reductions and every launch
+configuration. Loss and every parameter gradient of a small CNN must match the CPU kernels', for
+each normalization of the main job.
+"""
+
+import numpy as np
+import pytest
+from tinynorm.examples.mnist import NORMS, norm_layer
+from tinynorm.kernels import cuda as gpu
+
+import tinynorm as tn
+import tinynorm.nn.functional as F
+from tinynorm import kernels, nn
+from tinynorm.nn.utils import weight_norm
+
+
+def small_cnn(kind: str) -> nn.Sequential:
+    """conv 3×3 → norm → ReLU → max-pool → linear, for (N, 2, 7, 6) inputs: odd sizes, so no
+    launch covers a whole number of blocks."""
+    conv, head = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(4 * 3 * 3, 5)
+    if kind == "wn":
+        weight_norm(conv)
+    norm = norm_layer(kind, 4, 7, total_steps=10)
+    if kind == "ln":  # the main job's LayerNorm covers a square map; this one is 7 × 6
+        norm = nn.LayerNorm((4, 7, 6))
+    return nn.Sequential(conv, norm, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), head)
+
+
+def loss_and_grads(kind: str, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    tn.manual_seed(0)
+    model = small_cnn(kind).double()
+    loss = F.cross_entropy(model(tn.tensor(x)), tn.tensor(y))
+    loss.backward()
+    return [loss.numpy()] + [p.grad.numpy() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("kind", NORMS)
+def test_training_step_on_the_cuda_kernels_matches_cpu(rng, monkeypatch, kind):
+    x, y = rng.standard_normal((3, 2, 7, 6)), rng.integers(0, 5, 3)
+    on_cpu = loss_and_grads(kind, x, y)
+    monkeypatch.setattr(kernels, "on_gpu", lambda a: True)
+    monkeypatch.setattr(kernels, "_xp", lambda a: np)
+    monkeypatch.setattr(gpu, "_xp", lambda a: np)
+    launched = []  # every dispatch to the GPU module, so the test cannot pass on the CPU's
+    monkeypatch.setattr(kernels, "_impl", lambda a: launched.append(a.shape) or gpu)
+    on_gpu = loss_and_grads(kind, x, y)
+    assert len(launched) >= 4  # at least im2col and max pooling, forward and backward
+    assert len(on_gpu) == len(on_cpu) > 2
+    for actual, expected in zip(on_gpu, on_cpu):
+        np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12)
