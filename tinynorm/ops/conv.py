@@ -61,7 +61,7 @@ def output_size(
     return (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
 
 
-COLUMN_BYTES = 4 << 20  # the columns of one chunk of the batch on the CPU: they stay in cache
+COLUMN_BYTES = 2 << 20  # the columns of one chunk of the batch on the CPU: they stay in cache
 
 
 def batch_chunks(x, column_bytes: int) -> list[slice]:
