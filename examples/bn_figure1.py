@@ -70,7 +70,7 @@ from tqdm import tqdm
 import tinynorm as tn
 import tinynorm.nn.functional as F
 from tinynorm import nn
-from tinynorm.data import DataLoader, IDXError
+from tinynorm.data import DataLoader
 from tinynorm.diagnostics import PercentileTracer
 from tinynorm.files import atomic_write
 
@@ -80,6 +80,7 @@ from .common import (
     experiment_parser,
     load_mnist,
     parse_experiment,
+    run_experiment,
     write_outputs,
 )
 
@@ -301,20 +302,15 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     return {key: rows[-1][f"test_accuracy_{key}"] for key in NETS}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        final = run(args)
-    except (IDXError, OSError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(
+def summary_line(args: argparse.Namespace, final: dict[str, float]) -> str:
+    """The last line printed: both networks' final test accuracies."""
+    return (
         f"final test accuracy: without BN {final['without_bn']:.4f}, with BN {final['with_bn']:.4f}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_experiment(argv, parse_args, run, summary_line)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import tinynorm as tn
-from tinynorm.data import ClassBatchSampler, DataLoader, IDXError
+from tinynorm.data import ClassBatchSampler, DataLoader
 from tinynorm.files import atomic_write
 
 from .common import (
@@ -58,6 +58,7 @@ from .common import (
     load_mnist,
     markdown_table,
     parse_experiment,
+    run_experiment,
     train_step,
     write_outputs,
 )
@@ -207,21 +208,16 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     return {k: rows[-1][f"test_accuracy_{k}"] for k in MODELS}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        final = run(args)
-    except (IDXError, OSError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(
+def summary_line(args: argparse.Namespace, final: dict[str, float]) -> str:
+    """The last line printed: the three models' final test accuracies."""
+    return (
         f"final test accuracy (inference statistics), {args.classes_per_batch} classes per batch: "
         f"BN {final['bn']:.4f}, BRN {final['brn']:.4f}; BN on i.i.d. batches {final['bn_iid']:.4f}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_experiment(argv, parse_args, run, summary_line)
 
 
 if __name__ == "__main__":

@@ -39,24 +39,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 import tinynorm as tn
-from tinynorm.data import DataLoader, IDXError
+from tinynorm.data import DataLoader
 from tinynorm.files import atomic_write
 
 from .common import (
-    endless,
     evaluate,
     experiment_parser,
+    final_loss,
     load_mnist,
     markdown_table,
     parse_experiment,
-    train_step,
+    run_experiment,
+    train_steps,
     write_outputs,
 )
 from .mnist import build_model
@@ -107,24 +107,18 @@ def train_one(args: argparse.Namespace, norm: str, batch_size: int, train, test,
     model = build_model(norm, steps, args.width)
     optimizer = tn.optim.SGD(list(model.parameters()), lr=lr, momentum=0.9)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, seed=args.seed)
-    batches = endless(loader)
-    losses = []
-    began = time.perf_counter()
-    for _ in range(steps):
-        losses.append(train_step(model, optimizer, *next(batches)))
-        bar.update(batch_size)
-    seconds = time.perf_counter() - began
+    losses, seconds = train_steps(model, optimizer, loader, steps, bar)
     accuracy = evaluate(model, test)
     bar.set_postfix_str(f"{NORMS[norm]} batch {batch_size}: {accuracy:.4f}")
     return {
         "norm": norm,
         "batch_size": batch_size,
-        "steps": steps,
+        "steps": len(losses),
         "lr": lr,
         "test_accuracy": round(accuracy, 6),
-        "final_train_loss": round(float(np.mean(losses[-max(1, steps // 10) :])), 6),
+        "final_train_loss": round(final_loss(losses), 6),
         "train_seconds": round(seconds, 3),
-        "examples_per_second": round(steps * batch_size / seconds, 1),
+        "examples_per_second": round(len(losses) * batch_size / seconds, 1),
     }
 
 
@@ -214,17 +208,7 @@ def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        rows = run(args)
-    except (IDXError, OSError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(summary_line(args, rows))
-    return 0
+    return run_experiment(argv, parse_args, run, summary_line)
 
 
 if __name__ == "__main__":

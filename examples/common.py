@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import numpy as np
 import tinynorm as tn
 import tinynorm.nn.functional as F
 from tinynorm import nn
-from tinynorm.data import MNIST, DataLoader
+from tinynorm.data import MNIST, DataLoader, IDXError
 from tinynorm.files import atomic_write
 
 Data = tuple[np.ndarray, np.ndarray]  # images (N, ...) float32, labels (N,) int64
@@ -143,3 +146,44 @@ def train_step(
     loss.backward()
     optimizer.step()
     return loss.item()
+
+
+def train_steps(
+    model: nn.Module, optimizer: tn.optim.Optimizer, loader: DataLoader, steps: int, bar
+) -> tuple[list[float], float]:
+    """Up to `steps` updates on the loader's batches (its epochs repeating), stopping after the
+    first non-finite loss; the losses and the seconds they took. `bar` (tqdm) advances by the
+    images of every step, those a stopped run skips included."""
+    batches = endless(loader)
+    losses: list[float] = []
+    began = time.perf_counter()
+    while len(losses) < steps and (not losses or math.isfinite(losses[-1])):
+        x, y = next(batches)
+        losses.append(train_step(model, optimizer, x, y))
+        bar.update(len(y))
+    seconds = time.perf_counter() - began
+    if losses:
+        bar.update((steps - len(losses)) * len(y))
+    return losses, seconds
+
+
+def final_loss(losses: list[float]) -> float:
+    """The mean training loss over the last tenth of the steps (NaN if one was not finite)."""
+    return float(np.mean(losses[-max(1, len(losses) // 10) :]))
+
+
+def run_experiment(argv, parse_args: Callable, run: Callable, summary: Callable) -> int:
+    """An experiment's `main`: parse `argv`, `run(args)`, and print `summary(args, result)` as
+    the last line (exit 0); bad data, files or values print one line `error: ...` (exit 1),
+    Ctrl-C prints `interrupted` (exit 130)."""
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except (IDXError, OSError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(summary(args, result))
+    return 0

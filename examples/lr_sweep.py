@@ -64,7 +64,6 @@ import argparse
 import functools
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,18 +71,19 @@ from tqdm import tqdm
 
 import tinynorm as tn
 from tinynorm import nn
-from tinynorm.data import DataLoader, IDXError
+from tinynorm.data import DataLoader
 from tinynorm.files import atomic_write
 
 from .common import (
     Data,
-    endless,
     evaluate,
     experiment_parser,
+    final_loss,
     load_mnist,
     markdown_table,
     parse_experiment,
-    train_step,
+    run_experiment,
+    train_steps,
     write_outputs,
 )
 from .mnist import build_model
@@ -140,17 +140,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def mean_final_loss(losses: list[float]) -> float:
-    """The mean training loss over the last tenth of the steps (NaN if one was not finite)."""
-    return float(np.mean(losses[-max(1, len(losses) // 10) :]))
-
-
 def divergence_step(losses: list[float]) -> int | None:
     """The step (from 1) at which a run diverged: its non-finite loss, or, if its final loss is
     above DIVERGED_LOSS, the first step above it; None if the run did not diverge."""
     if not math.isfinite(losses[-1]):
         return len(losses)
-    if mean_final_loss(losses) > DIVERGED_LOSS:
+    if final_loss(losses) > DIVERGED_LOSS:
         return next(step for step, loss in enumerate(losses, 1) if loss > DIVERGED_LOSS)
     return None
 
@@ -183,17 +178,10 @@ def train_one(
     loader = DataLoader(
         train, batch_size=args.batch_size, shuffle=True, drop_last=True, seed=args.seed
     )
-    batches = endless(loader)
     alive = watch_relus(model)
-    losses: list[float] = []
     # a diverging run overflows: its loss says so, NumPy need not warn
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        began = time.perf_counter()
-        while len(losses) < steps and (not losses or math.isfinite(losses[-1])):
-            losses.append(train_step(model, optimizer, *next(batches)))
-            bar.update(args.batch_size)
-        seconds = time.perf_counter() - began
-        bar.update(args.batch_size * (steps - len(losses)))  # the steps a diverged run skips
+        losses, seconds = train_steps(model, optimizer, loader, steps, bar)
         accuracy = evaluate(model, test)
         diverged_at = divergence_step(losses)
         dead = diverged_at is None and not all(alive.values())
@@ -203,7 +191,7 @@ def train_one(
         "lr": lr,
         "steps": len(losses),
         "test_accuracy": round(accuracy, 6),
-        "final_train_loss": float(f"{mean_final_loss(losses):.6g}"),
+        "final_train_loss": float(f"{final_loss(losses):.6g}"),
         "peak_train_loss": float(f"{np.nanmax(losses):.6g}"),
         "diverged": diverged_at is not None,
         "diverged_at_step": diverged_at,  # None: an empty CSV field
@@ -268,7 +256,7 @@ def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> s
             "",
             table,
             "",
-            summary_line(rows) + ".",
+            summary_line(args, rows) + ".",
             "",
         ]
     )
@@ -327,7 +315,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def summary_line(rows: list[dict]) -> str:
+def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
     """The last line printed: per network, the largest learning rate that trains it and the
     smallest that diverges it."""
     found = {norm: trained_and_diverged(rows, norm) for norm in NETS}
@@ -340,17 +328,7 @@ def summary_line(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        rows = run(args)
-    except (IDXError, OSError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(summary_line(rows))
-    return 0
+    return run_experiment(argv, parse_args, run, summary_line)
 
 
 if __name__ == "__main__":

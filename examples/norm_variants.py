@@ -43,25 +43,26 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 import tinynorm as tn
-from tinynorm.data import DataLoader, IDXError
+from tinynorm.data import DataLoader
 from tinynorm.files import atomic_write
 
 from .common import (
     Data,
-    endless,
     evaluate,
     experiment_parser,
+    final_loss,
     load_mnist,
     markdown_table,
     parse_experiment,
+    run_experiment,
     train_step,
+    train_steps,
     write_outputs,
 )
 from .mnist import NORM_HELP, NORMS, build_model
@@ -147,14 +148,7 @@ def train_one(
     tn.manual_seed(args.seed)  # the same initial weights for every run
     model = build_model(norm, steps, args.width)
     optimizer = tn.optim.SGD(list(model.parameters()), lr=lr, momentum=0.9)
-    batches = endless(loader)
-    losses: list[float] = []
-    began = time.perf_counter()
-    while len(losses) < steps and (not losses or math.isfinite(losses[-1])):
-        losses.append(train_step(model, optimizer, *next(batches)))
-        bar.update(batch_size)
-    seconds = time.perf_counter() - began
-    bar.update((steps - len(losses)) * batch_size)  # what a diverged run leaves out
+    losses, seconds = train_steps(model, optimizer, loader, steps, bar)
     accuracy = evaluate(model, test)
     bar.set_postfix_str(f"{norm} batch {batch_size}: {accuracy:.4f}")
     return {
@@ -163,7 +157,7 @@ def train_one(
         "steps": len(losses),
         "lr": lr,
         "test_accuracy": round(accuracy, 6),
-        "final_train_loss": round(float(np.mean(losses[-max(1, len(losses) // 10) :])), 6),
+        "final_train_loss": round(final_loss(losses), 6),
         "train_seconds_per_epoch": round(seconds * len(loader) / len(losses), 3),
         "examples_per_second": round(len(losses) * batch_size / seconds, 1),
         "diverged": int(not math.isfinite(losses[-1])),
@@ -286,17 +280,7 @@ def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        rows = run(args)
-    except (IDXError, OSError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(summary_line(args, rows))
-    return 0
+    return run_experiment(argv, parse_args, run, summary_line)
 
 
 if __name__ == "__main__":
