@@ -172,9 +172,9 @@ def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
         xlabel="batch size",
         ylabel="test accuracy (inference statistics)",
         title=f"{args.examples:,} training examples per run",
-        ylim=(0, 1),
+        ylim=(0, 1.15),  # room above the bars for the legend
     )
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", ncols=len(NORMS))
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=100)
     return True

@@ -49,7 +49,7 @@ def test_quick_path_writes_well_formed_outputs(tmp_path, capsys):
     for row in rows:
         batch = int(row["batch_size"])
         assert int(row["steps"]) == 32 // batch  # one epoch of full batches
-        assert float(row["lr"]) == pytest.approx(0.05 * batch / 64)
+        assert float(row["lr"]) == pytest.approx(0.02 * batch / 64)
         assert 0 <= float(row["test_accuracy"]) <= 1
         assert np.isfinite(float(row["final_train_loss"]))
         assert row["diverged"] == "0"
@@ -145,7 +145,7 @@ def test_too_few_training_images_for_a_batch_is_one_line_and_exit_1(tmp_path, ca
 def test_defaults_and_quick_defaults_yield_to_explicit_options():
     full = norm_variants.parse_args([])
     assert full.norms == list(mnist.NORMS) and full.batch_sizes == [2, 8, 32, 128]
-    assert (full.epochs, full.width, full.lr, full.out) == (1, 16, 0.05, "results/norm_variants")
+    assert (full.epochs, full.width, full.lr, full.out) == (1, 16, 0.02, "results/norm_variants")
     assert full.train_limit is None and full.test_limit is None
     quick = norm_variants.parse_args(["--quick"])
     assert (quick.width, quick.train_limit, quick.test_limit) == (8, 512, 500)
