@@ -29,10 +29,10 @@ seconds, examples per second), `brn_small_batch.md` (the settings and a table of
 and `brn_small_batch.png` (grouped bars, if matplotlib is installed). The last line printed is
 `test accuracy (inference statistics): batch 2: BN 0.xxxx, BRN 0.xxxx, GN 0.xxxx; batch 4: ...`.
 
-Cost, measured on 2 CPU cores (2026-11-23): at width 8 about 1,700 examples/s at batch 2 and
-2,300 at batch 4 or 64; at width 16 about 770 examples/s. So `--quick` (2,000 examples per run,
-width 8, 1,000 test images) takes about 12 seconds, and the full run (20,000 examples per run,
-width 16, nine runs, each tested on 10,000 images) about 5 minutes.
+Cost, measured on 2 idle CPU cores (2026-11-23): at width 16 about 760-1,200 examples/s at
+batch 2 and 1,550-2,300 at batch 4 or 64. So `--quick` (2,000 examples per run, width 8, 1,000
+test images) takes about 12 seconds, and the full run (20,000 examples per run, width 16, nine
+runs, each tested on 10,000 images) about 2.5 minutes.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Numba kernels (normalization, im2col, max pooling): `@njit` for NumPy arrays, `@cuda.jit`
-for CuPy arrays.
+"""Numba kernels (normalization, im2col, max pooling, transpose): `@njit` for NumPy arrays,
+`@cuda.jit` for CuPy arrays.
 
 Plain arrays in, plain arrays out: nothing here imports the autograd engine. This module is the
 one place that dispatches on the array type; `cpu.py` and `cuda.py` hold the kernels, which
@@ -23,7 +23,8 @@ work fused per run while it is in cache (on a GPU: composed from the kernels abo
                                             its backward: dx, Σ_s dy·w, Σ_s dy·w·(x - mean_run)
 
 and, for the convolution's single GEMM, `im2col` (the window columns of an image batch) and its
-adjoint `col2im`; for max pooling, `max_pool` (values and argmax) and `max_pool_backward`.
+adjoint `col2im`; for max pooling, `max_pool` (values and argmax) and `max_pool_backward`;
+`transpose`, a blocked 2-d transposed copy (batch norm of (N, C) inputs works on the transpose).
 
 Row arguments may be anything that broadcasts to (N, C); `w`, `b` are (C, S) tables or None.
 Sums come back in float64, arrays in x's dtype.
@@ -285,3 +286,12 @@ def max_pool_backward(
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     dx = xp.empty(shape, dy.dtype)
     return _impl(dy).max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx)
+
+
+def transpose(x):
+    """xᵀ of a 2-d array as a contiguous array: a blocked copy on the CPU, CuPy's on the GPU."""
+    if x.ndim != 2:
+        raise ValueError(f"transpose expects a 2-d array, got shape {x.shape}")
+    if on_gpu(x):
+        return _xp(x).ascontiguousarray(x.T)
+    return cpu.transpose(x, np.empty(x.shape[::-1], x.dtype))

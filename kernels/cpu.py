@@ -334,3 +334,21 @@ def max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx):
                 a = arg[n, c, oh, ow]
                 plane[oh * sh + a // kw - ph, ow * sw + a % kw - pw] += dy[n, c, oh, ow]
     return dx
+
+
+TILE = 32  # transpose: a 32 × 32 block of float32 is 4 KiB, so its rows and columns stay in L1
+
+
+@njit(parallel=True, cache=True)
+def transpose(x, out):
+    """out = xᵀ for a 2-d x, copied in TILE × TILE blocks (parallel over blocks): a plain
+    transposed copy strides through memory on every write, a block reads and writes whole
+    cache lines."""
+    R, C = x.shape
+    tiles_c = (C + TILE - 1) // TILE
+    for t in prange(((R + TILE - 1) // TILE) * tiles_c):
+        r0, c0 = (t // tiles_c) * TILE, (t % tiles_c) * TILE
+        for c in range(c0, min(c0 + TILE, C)):
+            for r in range(r0, min(r0 + TILE, R)):
+                out[c, r] = x[r, c]
+    return out

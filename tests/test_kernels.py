@@ -951,3 +951,21 @@ def test_max_pool_lets_nan_win_and_never_points_into_the_padding():
     assert dx.sum() == y.size  # every gradient landed inside x
     x2 = np.array([[[[np.nan, 1.0], [2.0, 3.0]]]], np.float32)
     assert np.isnan(kernels.max_pool(x2, (2, 2), (2, 2), (0, 0))[0]).all()
+
+
+# ---- transpose: the blocked 2-d transposed copy -------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (33, 31), (64, 65), (257, 5)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_transpose_is_a_contiguous_copy_of_the_transpose(rng, shape, dtype):
+    """Shapes on, off and across tile edges (TILE = 32); the input may be a strided view."""
+    x = rng.standard_normal((shape[0], 2 * shape[1])).astype(dtype)[:, ::2]
+    t = kernels.transpose(x)
+    assert t.flags.c_contiguous and t.dtype == dtype
+    np.testing.assert_array_equal(t, x.T)
+
+
+def test_transpose_rejects_other_ranks():
+    with pytest.raises(ValueError, match="2-d array, got shape"):
+        kernels.transpose(np.zeros((2, 3, 4)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ..tensor import Tensor
 
@@ -21,18 +21,26 @@ class Reshape(Function):
         return grad.reshape(self.shape)
 
 
+def _transposed(a, axes):
+    """`a` with its axes permuted: a view, except a 2-d transpose, which the blocked `transpose`
+    kernel copies (a later reshape or kernel would copy the strided view far more slowly)."""
+    if a.ndim == 2 and axes[0] % 2 == 1:
+        return kernels.transpose(a)
+    return a.transpose(axes)
+
+
 class Permute(Function):
     def forward(self, x, axes):
         if sorted(a % (x.ndim or 1) for a in axes) != list(range(x.ndim)):
             raise ValueError(f"permute: {axes} is not a permutation of the {x.ndim} dimensions")
         self.axes = axes
-        return x.transpose(axes)
+        return _transposed(x, axes)
 
     def backward(self, grad):
         inverse = [0] * len(self.axes)
         for i, a in enumerate(self.axes):
             inverse[a % len(self.axes)] = i
-        return grad.transpose(inverse)
+        return _transposed(grad, inverse)
 
 
 def _is_basic(index) -> bool:
