@@ -24,13 +24,14 @@ steps): the paper's step counts are for runs of 130k+ steps, and constant limits
 step would correct towards running averages that are still at their initial values (0 and 1).
 
 Outputs, in `--out` (written atomically): `brn_small_batch.csv` (one row per norm and batch
-size: steps, learning rate, test accuracy, mean training loss over the last tenth of the steps,
-seconds, examples per second), `brn_small_batch.md` (the settings and a table of the accuracies)
+size, as in `norm_variants`, whose `train_one` runs each: steps, learning rate, test accuracy,
+mean training loss over the last tenth of the steps, seconds per epoch, examples per second,
+diverged), `brn_small_batch.md` (the settings and a table of the accuracies)
 and `brn_small_batch.png` (grouped bars, if matplotlib is installed). The last line printed is
 `test accuracy (inference statistics): batch 2: BN 0.xxxx, BRN 0.xxxx, GN 0.xxxx; batch 4: ...`.
 
-Cost, measured on 2 idle CPU cores (2026-11-23): at width 16 about 760-1,200 examples/s at
-batch 2 and 1,550-2,300 at batch 4 or 64. So `--quick` (2,000 examples per run, width 8, 1,000
+Cost, measured on 2 idle CPU cores (2026-11-23): at width 16 about 1,100-1,300 examples/s at
+batch 2 and 1,500-2,300 at batch 4 or 64. So `--quick` (2,000 examples per run, width 8, 1,000
 test images) takes about 12 seconds, and the full run (20,000 examples per run, width 16, nine
 runs, each tested on 10,000 images) about 2.5 minutes.
 """
@@ -39,30 +40,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-import tinynorm as tn
-from tinynorm.data import DataLoader
 from tinynorm.files import atomic_write
 
 from .common import (
-    evaluate,
     experiment_parser,
-    final_loss,
     load_mnist,
     markdown_table,
     parse_experiment,
     run_experiment,
-    train_steps,
     write_outputs,
 )
-from .mnist import build_model
+from .norm_variants import REFERENCE_BATCH, train_one
 
 NORMS = {"bn": "BN", "brn": "BRN", "gn": "GN"}
-REFERENCE_BATCH = 64  # the batch size at which the learning rate is --lr
 QUICK = dict(examples=2_000, width=8, train_limit=10_000, test_limit=1_000)
 FULL = dict(examples=20_000, width=16, train_limit=None, test_limit=None)
 
@@ -99,29 +95,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def train_one(args: argparse.Namespace, norm: str, batch_size: int, train, test, bar) -> dict:
-    """Train one model on `args.examples` examples in batches of `batch_size`; its CSV row."""
-    steps = args.examples // batch_size
-    lr = args.lr * batch_size / REFERENCE_BATCH
-    tn.manual_seed(args.seed)  # the same initial weights for every run
-    model = build_model(norm, steps, args.width)
-    optimizer = tn.optim.SGD(list(model.parameters()), lr=lr, momentum=0.9)
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, seed=args.seed)
-    losses, seconds = train_steps(model, optimizer, loader, steps, bar)
-    accuracy = evaluate(model, test)
-    bar.set_postfix_str(f"{NORMS[norm]} batch {batch_size}: {accuracy:.4f}")
-    return {
-        "norm": norm,
-        "batch_size": batch_size,
-        "steps": len(losses),
-        "lr": lr,
-        "test_accuracy": round(accuracy, 6),
-        "final_train_loss": round(final_loss(losses), 6),
-        "train_seconds": round(seconds, 3),
-        "examples_per_second": round(len(losses) * batch_size / seconds, 1),
-    }
-
-
 def settings(args: argparse.Namespace) -> str:
     """The experiment in one line, for the console and the Markdown."""
     return (
@@ -131,10 +104,9 @@ def settings(args: argparse.Namespace) -> str:
     )
 
 
-def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> str:
+def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str, seconds: float) -> str:
     """The settings, then test accuracy by norm (rows) and batch size (columns)."""
     accuracy = {(r["norm"], r["batch_size"]): r["test_accuracy"] for r in rows}
-    seconds = sum(r["train_seconds"] for r in rows)
     table = markdown_table(
         ["test accuracy", *(f"batch {b}" for b in args.batch_sizes)],
         [[NORMS[n], *(f"{accuracy[n, b]:.4f}" for b in args.batch_sizes)] for n in NORMS],
@@ -145,7 +117,7 @@ def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> s
             "",
             f"{settings(args)}. Data: MNIST, {data}. Tested in eval mode (BN and BRN with "
             f"their running statistics). BRN: the paper's rmax/dmax schedule scaled to each "
-            f"run's steps; GN: 4 groups. Training time: {seconds:.0f} s in all.",
+            f"run's steps; GN: 4 groups. Runs (training, testing): {seconds:.0f} s.",
             "",
             table,
             "",
@@ -186,13 +158,14 @@ def run(args: argparse.Namespace) -> list[dict]:
     )
     print(f"{settings(args)}; norms {', '.join(NORMS.values())}")
     total = len(NORMS) * sum(args.examples // b * b for b in args.batch_sizes)
+    began = time.perf_counter()
     with tqdm(total=total, desc="examples", unit="ex", dynamic_ncols=True) as bar:
         rows = [
-            train_one(args, norm, batch_size, train, test, bar)
+            train_one(args, norm, batch_size, args.examples // batch_size, train, test, bar)
             for batch_size in args.batch_sizes
             for norm in NORMS
         ]
-    markdown = summary_markdown(args, rows, data)
+    markdown = summary_markdown(args, rows, data, time.perf_counter() - began)
     write_outputs(Path(args.out), "brn_small_batch", rows, markdown, lambda p: plot(args, rows, p))
     return rows
 

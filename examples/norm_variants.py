@@ -141,12 +141,18 @@ def warm_up(norms: list[str], width: int, train: Data) -> None:
 
 
 def train_one(
-    args: argparse.Namespace, norm: str, batch_size: int, train: Data, test: Data, bar: tqdm
+    args: argparse.Namespace,
+    norm: str,
+    batch_size: int,
+    steps: int,
+    train: Data,
+    test: Data,
+    bar: tqdm,
 ) -> dict:
-    """Train one model for `args.epochs` epochs in batches of `batch_size`, stopping at a
-    non-finite loss; its CSV row."""
+    """Train one model (`norm`, width `args.width`, the weights of `args.seed`) for `steps`
+    batches of `batch_size` by SGD with momentum 0.9 at lr `args.lr` × batch / 64, stopping at
+    a non-finite loss, and test it; its CSV row. `brn_small_batch` runs the same."""
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, seed=args.seed)
-    steps = args.epochs * len(loader)
     lr = args.lr * batch_size / REFERENCE_BATCH
     tn.manual_seed(args.seed)  # the same initial weights for every run
     model = build_model(norm, steps, args.width)
@@ -262,8 +268,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     total = len(args.norms) * args.epochs * sum(images // b * b for b in args.batch_sizes)
     with tqdm(total=total, desc="examples", unit="ex", dynamic_ncols=True) as bar:
         rows = [
-            train_one(args, norm, batch_size, train, test, bar)
-            for batch_size in args.batch_sizes
+            train_one(args, norm, b, args.epochs * (images // b), train, test, bar)
+            for b in args.batch_sizes
             for norm in args.norms
         ]
     markdown = summary_markdown(args, rows, data)

@@ -137,8 +137,9 @@ def test_brn_small_batch_quick_path_writes_well_formed_outputs(tmp_path, capsys)
         "lr",
         "test_accuracy",
         "final_train_loss",
-        "train_seconds",
+        "train_seconds_per_epoch",
         "examples_per_second",
+        "diverged",
     ]
     assert [(r["norm"], int(r["batch_size"])) for r in rows] == [
         (n, b) for b in (2, 4, 16) for n in ("bn", "brn", "gn")
