@@ -98,6 +98,9 @@ def test_shape_ops_gradcheck(rng):
         lambda x: x.permute(2, 0, 1) * tn.tensor(np.arange(24.0).reshape(4, 2, 3)), [x]
     )
     assert tn.gradcheck(lambda x: x.transpose(0, 1).flatten(1), [x])
+    m = t64(rng, 33, 5)  # a 2-d permute copies through the blocked transpose kernel
+    weights = tn.tensor(np.arange(165.0).reshape(5, 33))
+    assert tn.gradcheck(lambda m: m.permute(1, 0) * weights, [m])
 
 
 @pytest.mark.parametrize(

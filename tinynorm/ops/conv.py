@@ -69,7 +69,7 @@ def batch_chunks(x, column_bytes: int) -> list[slice]:
     image a run) on the CPU, so each chunk's im2col, GEMM and col2im work in cache; one run on
     the GPU, where a single large GEMM is best."""
     N = x.shape[0]
-    step = N if backend.is_cupy(x) else max(1, COLUMN_BYTES // max(1, column_bytes))
+    step = N if backend.is_cupy(x) else max(1, COLUMN_BYTES // column_bytes)
     return [slice(a, min(a + step, N)) for a in range(0, N, step)]
 
 
@@ -89,6 +89,8 @@ class Conv2d(Function):
         OH, OW = output_size("conv2d", x.shape, (kh, kw), stride, padding)
         x = xp.ascontiguousarray(x)  # so each chunk x[a:b] is a contiguous view
         self.x, self.weight, self.stride, self.padding = x, weight, stride, padding
+        self.per_image = weight[0].size * OH * OW  # column entries of one image
+        self.parts = batch_chunks(x, self.per_image * x.itemsize)
         w2 = weight.reshape(O, -1)
         y = xp.empty((N, O, OH, OW), x.dtype)
         for part, cols in self.columns():
@@ -101,12 +103,10 @@ class Conv2d(Function):
     def columns(self):
         """(chunk, its im2col columns) over the batch, in one reused buffer."""
         x, kernel = self.x, self.weight.shape[2:]
-        OH, OW = output_size("conv2d", x.shape, kernel, self.stride, self.padding)
-        per_image = self.weight[0].size * OH * OW
-        parts = batch_chunks(x, per_image * x.itemsize)
-        buffer = backend.get_array_module(x).empty(per_image * (parts[0].stop), x.dtype)
-        for part in parts:
-            size = per_image * (part.stop - part.start)
+        largest = self.parts[0].stop  # the first chunk is a largest one
+        buffer = backend.get_array_module(x).empty(self.per_image * largest, x.dtype)
+        for part in self.parts:
+            size = self.per_image * (part.stop - part.start)
             yield part, kernels.im2col(x[part], kernel, self.stride, self.padding, buffer[:size])
 
     def backward(self, grad):
@@ -116,12 +116,12 @@ class Conv2d(Function):
         w2 = weight.reshape(O, -1)
         dw = xp.zeros_like(w2) if need_w else None
         dx = xp.empty_like(x) if need_x else None
-        chunks = self.columns() if need_w else ((p, None) for p in batch_chunks(x, 0))
+        chunks = self.columns() if need_w else ((p, None) for p in self.parts)
         for part, cols in chunks:
             g2 = grad[part].transpose(1, 0, 2, 3).reshape(O, -1)
             if need_w:
                 dw += g2 @ cols.T
-            if need_x:
+            if need_x:  # in chunks too, so that dcols stays in cache
                 kernel = weight.shape[2:]
                 kernels.col2im(
                     w2.T @ g2, x[part].shape, kernel, self.stride, self.padding, out=dx[part]
