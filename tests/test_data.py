@@ -98,6 +98,7 @@ def test_read_idx_rejects_corrupt_gzip(tmp_path):
 def offline(monkeypatch, tmp_path):
     """Keyword arguments for MNIST that keep it off the network and out of the real cache."""
     monkeypatch.delenv("TINYNORM_DATA", raising=False)
+    monkeypatch.delenv("TINYNORM_OFFLINE", raising=False)
     return {"download": False, "cache_dir": tmp_path / "cache"}
 
 
@@ -112,7 +113,7 @@ def test_bundled_mnist_lite(offline, capsys):
     assert len(test) == 10_000 and set(np.unique(test.labels)) == set(range(10))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("data: MNIST train (10,000 images) from ")
-    assert "(bundled mnist-lite: 10,000 training digits; download=False" in lines[0]
+    assert "(bundled mnist-lite: 10,000 training digits; offline (download=False" in lines[0]
     assert "bundled mnist-lite: the official 10,000 test images" in lines[1]
 
 

@@ -7,13 +7,16 @@ otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
+import json
 import re
 import socket
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -28,6 +31,7 @@ from tinynorm.data import (
     default_cache_dir,
     download,
 )
+from tinynorm.data.download import CONNECT_TIMEOUT
 
 TRAIN = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 TEST = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -124,11 +128,43 @@ def silent_url():
         yield f"http://127.0.0.1:{s.getsockname()[1]}/"
 
 
+@pytest.fixture
+def blackhole_url():
+    """A server whose queue of connections is full: the kernel drops further connection
+    attempts, as a firewall that drops packets does, so connecting hangs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(0)
+        with socket.create_connection(s.getsockname()):  # fills the queue
+            yield f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+def slow_url(body: bytes, pause: float) -> str:
+    """A one-request server that sends the headers and half of `body` at once, then the rest
+    after `pause` seconds."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer():
+        with listener, listener.accept()[0] as conn:
+            conn.recv(4096)
+            conn.sendall(f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+            conn.sendall(body[: len(body) // 2])
+            time.sleep(pause)
+            with contextlib.suppress(OSError):  # the client may have given up
+                conn.sendall(body[len(body) // 2 :])
+
+    threading.Thread(target=answer, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/f.gz"
+
+
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path, closed_port):
     """No network, no real cache, no environment variable, no Debian copy."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("TINYNORM_DATA", raising=False)
+    monkeypatch.delenv("TINYNORM_OFFLINE", raising=False)
     dead = (f"http://127.0.0.1:{closed_port}/",)
     monkeypatch.setattr(MNIST, "mirrors", dead)
     monkeypatch.setattr(FashionMNIST, "mirrors", dead)
@@ -163,6 +199,29 @@ def test_download_timeout(tmp_path, silent_url):
         download(silent_url + "f.gz", tmp_path / "f.gz", md5(GOOD), timeout=0.3)
     assert time.monotonic() - began < 5
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_connect_timeout(tmp_path, blackhole_url):
+    """Connecting gets `connect_timeout`, not the (longer) `timeout` of a started download."""
+    began = time.monotonic()
+    message = f"{blackhole_url}f.gz: no answer within 0.3 s"
+    with pytest.raises(DownloadError, match=re.escape(message)):
+        download(blackhole_url + "f.gz", tmp_path / "f.gz", md5(GOOD), connect_timeout=0.3)
+    assert time.monotonic() - began < 5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_read_timeout_once_the_body_flows(tmp_path):
+    """A pause in the body longer than `connect_timeout` is fine; one longer than `timeout`
+    is not."""
+    url = slow_url(GOOD, pause=1.0)
+    dest = download(url, tmp_path / "f.gz", md5(GOOD), timeout=10, connect_timeout=0.3)
+    assert dest.read_bytes() == GOOD
+    url = slow_url(GOOD, pause=2.0)
+    message = f"{url}: no data for 0.5 s after {len(GOOD) // 2:,} bytes"
+    with pytest.raises(DownloadError, match=re.escape(message)):
+        download(url, tmp_path / "g.gz", md5(GOOD), timeout=0.5, connect_timeout=0.3)
+    assert list(tmp_path.iterdir()) == [dest]
 
 
 def test_download_network_errors(tmp_path, serve, closed_port):
@@ -267,7 +326,9 @@ def test_bundled_last_when_download_fails(tmp_path, closed_port, capsys):
     )
     assert f"http://127.0.0.1:{closed_port}/train-images-idx3-ubyte.gz: " in line
     assert "Connection refused" in line and line.count("\n") == 1
-    assert list((tmp_path / "xdg" / "tinynorm" / "mnist").iterdir()) == []
+    marker = tmp_path / "xdg" / "tinynorm" / "mnist" / "download-failed.json"
+    assert line.endswith(f"; no new try for 24 h unless you remove {marker})\n")
+    assert list(marker.parent.iterdir()) == [marker]  # no data file
 
 
 def test_bundled_when_the_download_is_corrupt(tmp_path, serve, monkeypatch, capsys):
@@ -277,7 +338,8 @@ def test_bundled_when_the_download_is_corrupt(tmp_path, serve, monkeypatch, caps
     assert data.source.kind == "bundled"
     out = capsys.readouterr().out
     assert "train-images-idx3-ubyte.gz: checksum mismatch: expected md5 f68b3c2d" in out
-    assert list((tmp_path / "xdg" / "tinynorm" / "mnist").iterdir()) == []
+    cache = tmp_path / "xdg" / "tinynorm" / "mnist"
+    assert list(cache.iterdir()) == [cache / "download-failed.json"]  # no data file
 
 
 def test_bundled_when_the_cache_cannot_be_written(tmp_path, serve, monkeypatch, capsys):
@@ -286,7 +348,8 @@ def test_bundled_when_the_cache_cannot_be_written(tmp_path, serve, monkeypatch, 
     monkeypatch.setattr(MNIST, "md5", {n: md5(b) for n, b in mnist_files(6).items()})
     (tmp_path / "a-file").write_bytes(b"")
     assert MNIST(cache_dir=tmp_path / "a-file").source.kind == "bundled"
-    assert "Not a directory" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Not a directory" in out and "no new try" not in out  # nothing could be remembered
 
 
 def test_download_false_skips_the_network(serve, monkeypatch, capsys):
@@ -294,7 +357,127 @@ def test_download_false_skips_the_network(serve, monkeypatch, capsys):
     monkeypatch.setattr(MNIST, "mirrors", (server.url,))
     assert MNIST(download=False).source.kind == "bundled"
     assert server.requests == []
-    assert "download=False, so the full set was not downloaded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(download=False, as with --offline), so the full set was not downloaded" in out
+
+
+# ---- offline, and remembering a failed download ----------------------------------------------
+@pytest.fixture
+def downloads(monkeypatch) -> list[str]:
+    """The addresses the data sets ask to download, in order (the download itself still runs)."""
+    urls = []
+
+    def spy(url, *args, **kwargs):
+        urls.append(url)
+        return download(url, *args, **kwargs)
+
+    monkeypatch.setattr("tinynorm.data.datasets.download", spy)
+    return urls
+
+
+def marker_path(tmp_path):
+    return tmp_path / "xdg" / "tinynorm" / "mnist" / "download-failed.json"
+
+
+def record_failure(marker, hours_ago: float = 0.0, reason: str = "it failed"):
+    """A failure record as the data sets write it, for a failure `hours_ago` hours ago."""
+    failed_at = datetime.now(timezone.utc) - timedelta(hours=hours_ago)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"failed_at": failed_at.isoformat(), "reason": reason}))
+
+
+UTC_TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
+
+
+def test_a_mirror_that_never_answers_costs_one_short_timeout(silent_url, monkeypatch, capsys):
+    """The main job's two data sets, with a mirror that takes the connection and then says
+    nothing: the default connect timeout, once, as the test set does not try again."""
+    monkeypatch.setattr(MNIST, "mirrors", (silent_url,))
+    began = time.monotonic()
+    assert MNIST().source.kind == MNIST(train=False).source.kind == "bundled"
+    assert time.monotonic() - began < CONNECT_TIMEOUT + 10  # was 30 s per data set
+    train, test = capsys.readouterr().out.splitlines()
+    assert f"train-images-idx3-ubyte.gz: no answer within {CONNECT_TIMEOUT:g} s" in train
+    assert "the full set could not be downloaded (tried " in test
+
+
+def test_a_failed_download_is_remembered(tmp_path, closed_port, downloads, capsys):
+    MNIST()
+    marker = marker_path(tmp_path)
+    reason = f"http://127.0.0.1:{closed_port}/train-images-idx3-ubyte.gz: [Errno 111] Connection"
+    assert json.loads(marker.read_text())["reason"].startswith(reason)
+    assert len(downloads) == 1
+    capsys.readouterr()
+    for train in (True, False):
+        assert MNIST(train=train).source.kind == "bundled"
+        expected = (
+            rf"; the full set could not be downloaded \(tried {UTC_TIME}: {re.escape(reason)}.*\); "
+            rf"no new try before {UTC_TIME} unless you remove {re.escape(str(marker))}\)$"
+        )
+        assert re.search(expected, capsys.readouterr().out)
+    assert len(downloads) == 1  # neither tried the network again
+
+
+def test_a_remembered_failure_expires_after_a_day(tmp_path, serve, monkeypatch, downloads):
+    server = serve(mnist_files(6))
+    monkeypatch.setattr(MNIST, "mirrors", (server.url,))
+    monkeypatch.setattr(MNIST, "md5", {n: md5(b) for n, b in mnist_files(6).items()})
+    marker = marker_path(tmp_path)
+    record_failure(marker, hours_ago=23)
+    assert MNIST(verbose=False).source.kind == "bundled"
+    assert downloads == []
+    record_failure(marker, hours_ago=25)
+    assert MNIST(verbose=False).source.kind == "download"
+    assert downloads == [server.url + name for name in TRAIN]
+    assert not marker.exists()  # a download that worked clears it
+
+
+def test_finding_the_full_set_in_the_cache_clears_the_failure(tmp_path, downloads):
+    marker = marker_path(tmp_path)
+    put(marker.parent, mnist_files(5))
+    record_failure(marker)
+    assert MNIST(verbose=False).source.kind == "cache"
+    assert marker.exists()  # the test set is still missing: its download is not to be tried
+    assert MNIST(train=False, verbose=False).source.kind == "bundled"
+    put(marker.parent, mnist_files(5, TEST))
+    assert MNIST(verbose=False).source.kind == "cache"
+    assert not marker.exists()
+    assert downloads == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not json", b"\xff\xfe", b"[1, 2]", b"null", b'{"reason": "x"}',
+     b'{"failed_at": 5, "reason": "x"}', b'{"failed_at": "yesterday", "reason": "x"}',
+     b'{"failed_at": "2999-01-01T00:00:00+00:00", "reason": "x"}', b'{"failed_at": "NOW"}',
+     b'{"failed_at": "NOW", "reason": ["x"]}'],
+    ids=["empty", "not-json", "not-utf8", "list", "null", "no-time", "number-time", "bad-time",
+         "future", "no-reason", "list-reason"],
+)  # fmt: skip
+def test_a_corrupt_failure_record_is_ignored(tmp_path, content, downloads, capsys):
+    marker = marker_path(tmp_path)
+    marker.parent.mkdir(parents=True)
+    marker.write_bytes(content.replace(b"NOW", datetime.now(timezone.utc).isoformat().encode()))
+    assert MNIST().source.kind == "bundled"
+    assert len(downloads) == 1  # tried
+    assert "; the full set could not be downloaded: http://" in capsys.readouterr().out
+    assert "Connection refused" in json.loads(marker.read_text())["reason"]  # and remembered
+
+
+def test_tinynorm_offline_skips_the_network(tmp_path, monkeypatch, downloads, capsys):
+    monkeypatch.setenv("TINYNORM_OFFLINE", "1")
+    assert MNIST().source.kind == "bundled"
+    out = capsys.readouterr().out
+    assert "; offline ($TINYNORM_OFFLINE=1), so the full set was not downloaded)" in out
+    with pytest.raises(DataNotFoundError, match=re.escape("offline ($TINYNORM_OFFLINE=1)")):
+        FashionMNIST()
+    assert not (tmp_path / "xdg").exists()  # nothing remembered: nothing failed
+    put(marker_path(tmp_path).parent, mnist_files(5))
+    assert MNIST().source.kind == "cache"  # the cache is not the network
+    assert downloads == []
+    monkeypatch.setenv("TINYNORM_OFFLINE", "0")
+    MNIST(train=False)
+    assert len(downloads) == 1
 
 
 def test_a_named_directory_must_hold_the_files(tmp_path, monkeypatch):

@@ -6,8 +6,10 @@ The order, first match wins:
    environment variable TINYNORM_DATA. A directory you name must hold the files: a missing one
    is an error, never a silent fall-through to some other data;
 2. the user cache, `$XDG_CACHE_HOME/tinynorm/<data set>/` (default `~/.cache/tinynorm/...`);
-3. a download from the public mirrors into that cache, MD5-verified and written atomically
-   (skipped with `download=False`);
+3. a download from the public mirrors into that cache, MD5-verified and written atomically.
+   Skipped offline (`download=False`, as the examples' `--offline` passes, or the environment
+   variable TINYNORM_OFFLINE=1), and for a day after a failed try: the failure is remembered in
+   `download-failed.json` in that cache folder (remove it to try again sooner);
 4. Fashion-MNIST only: the Debian package `dataset-fashion-mnist` (/usr/share/datasets/...);
 5. MNIST only: mnist-lite, bundled inside this package (10,000 real training digits and the
    official 10,000-image test set; see mnist_lite/PROVENANCE.md).
@@ -21,19 +23,26 @@ and keeps the same information in its `source` attribute.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from os import PathLike
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from ..files import atomic_write
 from .download import DEFAULT_TIMEOUT, ChecksumError, DownloadError, download
 from .idx import IDXError, read_idx
 
 ENV_VAR = "TINYNORM_DATA"
+OFFLINE_VAR = "TINYNORM_OFFLINE"  # set to 1: never download
+FAILURE_FILE = "download-failed.json"  # in a data set's cache folder: the last failed download
+RETRY_AFTER = timedelta(hours=24)  # how long a failed download is not tried again
 BUNDLED_DIR = Path(__file__).parent / "mnist_lite"
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -74,6 +83,53 @@ class Normalize:
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean}, std={self.std})"
+
+
+def _offline_reason(download: bool) -> str | None:
+    """Why the full set is not to be downloaded: `download` is False (`--offline`) or
+    $TINYNORM_OFFLINE is set (other than to 0); None when downloading is allowed."""
+    value = os.environ.get(OFFLINE_VAR, "").strip()
+    if value not in ("", "0"):
+        return f"offline (${OFFLINE_VAR}={value}), so the full set was not downloaded"
+    if not download:
+        return "offline (download=False, as with --offline), so the full set was not downloaded"
+    return None
+
+
+def _recent_failure(marker: Path) -> str | None:
+    """Why the full set is not downloaded, if `marker` records a failure less than RETRY_AFTER
+    ago; None if not, or if the file is missing or corrupt."""
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        failed_at = datetime.fromisoformat(record["failed_at"]).astimezone(timezone.utc)
+        reason = record["reason"]
+        age = datetime.now(timezone.utc) - failed_at
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(reason, str) or not timedelta(0) <= age < RETRY_AFTER:
+        return None
+    return (
+        f"the full set could not be downloaded (tried {failed_at:%Y-%m-%d %H:%M} UTC: {reason}); "
+        f"no new try before {failed_at + RETRY_AFTER:%Y-%m-%d %H:%M} UTC unless you remove "
+        f"{marker}"
+    )
+
+
+def _remember_failure(marker: Path, reason: str) -> bool:
+    """Record in `marker` that a download failed now, and why; False if it cannot be written."""
+    record = {"failed_at": datetime.now(timezone.utc).isoformat(), "reason": reason}
+    try:
+        with atomic_write(marker, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+    except OSError:
+        return False
+    return True
+
+
+def _forget_failure(marker: Path) -> None:
+    """Remove `marker`, if there is one and the cache folder allows it."""
+    with contextlib.suppress(OSError):
+        marker.unlink(missing_ok=True)
 
 
 def _find(directory: Path, name: str) -> Path | None:
@@ -166,16 +222,23 @@ class IDXImageDataset:
             return self._named(Path(root), "root", "the directory given as root / --data-dir")
         if os.environ.get(ENV_VAR):
             return self._named(Path(os.environ[ENV_VAR]), "env", f"named by ${ENV_VAR}")
+        marker = cache / FAILURE_FILE
         if self._has_files(cache):
+            if all(_find(cache, name) for name in self.md5):  # both splits: nothing left to fetch
+                _forget_failure(marker)
             return Source("cache", cache, "user cache")
-        if download:
+        why = _offline_reason(download) or _recent_failure(marker)
+        if why is None:
             try:
                 used = self._download(cache, mirrors, timeout)
-                return Source("download", cache, f"downloaded from {used}, md5 verified")
             except OSError as err:  # DownloadError, or a cache folder that cannot be written
                 why = f"the full set could not be downloaded: {err}"
-        else:
-            why = "download=False, so the full set was not downloaded"
+                if _remember_failure(marker, str(err)):
+                    hours = RETRY_AFTER / timedelta(hours=1)
+                    why += f"; no new try for {hours:g} h unless you remove {marker}"
+            else:
+                _forget_failure(marker)
+                return Source("download", cache, f"downloaded from {used}, md5 verified")
         if self.system_dir is not None and self._has_files(self.system_dir):
             return Source("system", self.system_dir, f"{self.system_note}; {why}")
         if self.bundled_dir is not None:
