@@ -15,6 +15,7 @@ from .creation import arange, ones, rand, randn, zeros
 from .gradcheck import GradcheckError, gradcheck
 from .ops import cat
 from .random import manual_seed
+from .serialization import load, save
 from .tensor import Tensor, tensor
 
 float32 = np.dtype("float32")
@@ -34,6 +35,7 @@ __all__ = [
     "gradcheck",
     "int64",
     "is_grad_enabled",
+    "load",
     "manual_seed",
     "nn",
     "no_grad",
@@ -41,6 +43,7 @@ __all__ = [
     "optim",
     "rand",
     "randn",
+    "save",
     "tensor",
     "zeros",
 ]
