@@ -198,9 +198,7 @@ def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    train_data, test_data, data = load_mnist(
-        args.data_dir, args.train_limit, args.test_limit, min_train=args.batch_size
-    )
+    train_data, test_data, data = load_mnist(args, min_train=args.batch_size)
     print(settings(args))
     rows, seconds = train(args, train_data, test_data)
     markdown = summary_markdown(args, rows, data, seconds)

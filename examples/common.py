@@ -43,9 +43,32 @@ def experiment_parser(name: str, description: str, quick_help: str) -> argparse.
         help="directory holding the four MNIST IDX files (overrides $TINYNORM_DATA, the cache "
         "and the download)",
     )
-    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N images")
-    p.add_argument("--test-limit", type=int, metavar="N", help="test on the first N images")
+    add_data_options(p)
     return p
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """--offline, --train-limit N and --test-limit N (each limit a positive count)."""
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="never try to download the full data set (as TINYNORM_OFFLINE=1 does)",
+    )
+    for which in ("train", "test"):
+        p.add_argument(
+            f"--{which}-limit",
+            type=positive_int,
+            metavar="N",
+            help=f"use only the first N {which}ing images (quick runs)",
+        )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parse_experiment(p: argparse.ArgumentParser, argv, quick: dict, full: dict):
@@ -58,27 +81,21 @@ def parse_experiment(p: argparse.ArgumentParser, argv, quick: dict, full: dict):
 
 
 def load_mnist(
-    data_dir: str | None,
-    train_limit: int | None,
-    test_limit: int | None,
-    min_train: int = 1,
-    flatten: bool = False,
+    args: argparse.Namespace, min_train: int = 1, flatten: bool = False
 ) -> tuple[Data, Data, str]:
     """Standardized MNIST images, (N, 1, 28, 28) or (N, 784) with `flatten`, and labels: the
-    first `train_limit` training and `test_limit` test examples (None: all), and a one-line
-    description of what was used. Fewer than `min_train` training or no test images raise
-    ValueError."""
-    train_set = MNIST(root=data_dir, train=True)
-    test_set = MNIST(root=data_dir, train=False)
+    first `args.train_limit` training and `args.test_limit` test examples (None: all), from
+    `args.data_dir` (no download with `args.offline`), and a one-line description of what was
+    used. Fewer than `min_train` training images raise ValueError."""
+    train_set = MNIST(root=args.data_dir, train=True, download=not args.offline)
+    test_set = MNIST(root=args.data_dir, train=False, download=not args.offline)
     x_train, x_test = train_set.normalized(), test_set.normalized()
     if flatten:
         x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
-    train = x_train[:train_limit], train_set.labels[:train_limit]
-    test = x_test[:test_limit], test_set.labels[:test_limit]
+    train = x_train[: args.train_limit], train_set.labels[: args.train_limit]
+    test = x_test[: args.test_limit], test_set.labels[: args.test_limit]
     if len(train[1]) < min_train:
         raise ValueError(f"{len(train[1])} training images are fewer than one batch of {min_train}")
-    if len(test[1]) == 0:
-        raise ValueError("no test images (--test-limit must be >= 1)")
     description = (
         f"train {len(train[1]):,} of {len(train_set):,} images, test {len(test[1]):,} of "
         f"{len(test_set):,} ({train_set.source.kind})"
@@ -172,18 +189,58 @@ def final_loss(losses: list[float]) -> float:
     return float(np.mean(losses[-max(1, len(losses) // 10) :]))
 
 
-def run_experiment(argv, parse_args: Callable, run: Callable, summary: Callable) -> int:
-    """An experiment's `main`: parse `argv`, `run(args)`, and print `summary(args, result)` as
-    the last line (exit 0); bad data, files or values print one line `error: ...` (exit 1),
-    Ctrl-C prints `interrupted` (exit 130)."""
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the run stops there."""
+
+
+def check_finite_loss(loss: float, where: str, lr: float) -> float:
+    """`loss`, or NonFiniteLossError naming `where` ("step 37", ...) and suggesting a lower lr."""
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"the training loss is {loss} at {where}: training stopped there; "
+            f"try a lower --lr (this run used {lr:g})"
+        )
+    return loss
+
+
+def was_interrupted(err: BaseException | None) -> bool:
+    """True for Ctrl-C, also where it surfaced as another exception: a SIGINT that lands inside
+    a Numba kernel comes out as "SystemError: CPUDispatcher(...) returned a result with an
+    exception set", caused by the KeyboardInterrupt."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+ERRORS = (IDXError, OSError, ValueError, KeyError, RuntimeError)  # one line `error: ...`
+
+
+def run_experiment(
+    argv,
+    parse_args: Callable,
+    run: Callable,
+    summary: Callable,
+    interrupted: Callable[[argparse.Namespace], str] = lambda args: "interrupted",
+) -> int:
+    """A program's `main`: parse `argv`, `run(args)`, and print `summary(args, result)` as the
+    last line (exit 0); bad data, files or values print one line `error: ...` (exit 1); Ctrl-C,
+    wherever it lands, prints `interrupted(args)` (exit 130), never a traceback."""
     args = parse_args(argv)
     try:
         result = run(args)
-    except (IDXError, OSError, ValueError, RuntimeError) as err:
+    except BaseException as err:
+        if was_interrupted(err):
+            print(interrupted(args), file=sys.stderr)
+            return 130
+        if isinstance(err, KeyError) and err.args:
+            err = err.args[0]
+        elif not isinstance(err, ERRORS):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     print(summary(args, result))
     return 0

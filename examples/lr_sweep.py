@@ -302,9 +302,7 @@ def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    train, test, data = load_mnist(
-        args.data_dir, args.train_limit, args.test_limit, min_train=args.batch_size
-    )
+    train, test, data = load_mnist(args, min_train=args.batch_size)
     print(f"{settings(args)}; networks {', '.join(NETS.values())}")
     steps = args.examples // args.batch_size
     total = len(NETS) * len(args.lrs) * steps * args.batch_size

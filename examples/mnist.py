@@ -13,21 +13,53 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import pickle
+import math
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 import tinynorm as tn
 import tinynorm.nn.functional as F
 from tinynorm import nn
-from tinynorm.data import MNIST, DataLoader, FashionMNIST, IDXError
+from tinynorm.data import MNIST, DataLoader, FashionMNIST
 from tinynorm.files import atomic_write
 from tinynorm.nn.utils import weight_norm
 
-from .common import evaluate
+from .common import (
+    NonFiniteLossError,
+    add_data_options,
+    check_finite_loss,
+    evaluate,
+    positive_int,
+    run_experiment,
+)
 
+PROGRAM = "tinynorm.examples.mnist"
+OPTIMIZERS = ("sgd", "adam")
+DATASETS = ("mnist", "fashion-mnist")
+FIXED = ("norm", "optimizer", "width")  # what a resumed run cannot change
+DEFAULTS = {"norm": "bn", "optimizer": "sgd", "width": 16, "epochs": 6, "batch_size": 64}
+DEFAULTS |= {"seed": 0, "dataset": "mnist"}  # a fresh run's; a resumed run takes the saved ones
+
+
+def is_count(value, least: int = 1) -> bool:
+    return type(value) is int and value >= least
+
+
+CONFIG_CHECKS = {  # what a checkpoint records of its run, and what each must be
+    "norm": lambda v: v in NORMS,
+    "optimizer": lambda v: v in OPTIMIZERS,
+    "width": is_count,
+    "lr": lambda v: isinstance(v, float) and math.isfinite(v) and v > 0,
+    "batch_size": is_count,
+    "epochs": lambda v: is_count(v, 0),
+    "seed": lambda v: type(v) is int,
+    "dataset": lambda v: v in DATASETS,
+}
 NORMS = ("none", "bn", "brn", "ln", "in", "gn", "mobn", "wn", "bin", "sn", "bln")
 NORM_HELP = (
     "none: no normalization; bn: BatchNorm2d; brn: BatchRenorm2d; ln: LayerNorm over (C, H, W); "
@@ -92,22 +124,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m tinynorm.examples.mnist",
         description="Train a CNN with a chosen normalization layer on MNIST (offline by default: "
-        "the bundled mnist-lite digits) and report the test accuracy.",
+        "the bundled mnist-lite digits) and report the test accuracy. With --resume, every "
+        "option left out is taken from the checkpoint.",
     )
-    p.add_argument("--norm", choices=NORMS, default="bn", help=NORM_HELP + " (default: bn)")
-    p.add_argument("--epochs", type=int, default=6, help="training epochs (default: 6)")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="learning rate (default: 0.02 for sgd, 0.002 for adam)",
-    )
+    p.add_argument("--norm", choices=NORMS, help=NORM_HELP + " (default: bn)")
+    p.add_argument("--width", type=positive_int, help="channels of the first conv (default: 16)")
+    p.add_argument("--epochs", type=int, help="training epochs in all (default: 6)")
+    p.add_argument("--batch-size", type=positive_int, help="training batch size (default: 64)")
+    p.add_argument("--lr", type=float, help="base learning rate (default: 0.02 sgd, 0.002 adam)")
     p.add_argument(
         "--optimizer",
-        choices=("sgd", "adam"),
-        default="sgd",
-        help="sgd (momentum 0.9, cosine schedule) or adam (default: sgd)",
+        choices=OPTIMIZERS,
+        help="sgd (Nesterov momentum 0.9, weight decay 5e-4) or adam (default: sgd); both with "
+        "a cosine schedule: epoch e of E trains at lr * (1 + cos(pi * (e - 1) / E)) / 2",
     )
     p.add_argument(
         "--device",
@@ -117,23 +146,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--dataset",
-        choices=("mnist", "fashion-mnist"),
-        default="mnist",
-        help="mnist (falls back to the bundled mnist-lite) or fashion-mnist",
+        choices=DATASETS,
+        help="mnist (falls back to the bundled mnist-lite) or fashion-mnist (default: mnist)",
     )
     p.add_argument(
         "--data-dir",
         help="directory holding the four IDX files (overrides "
         "$TINYNORM_DATA, the cache and the download)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for initialization and shuffling")
+    p.add_argument("--seed", type=int, help="seed for initialization and shuffling (default: 0)")
     p.add_argument(
         "--save",
         metavar="PATH",
-        help="write a checkpoint after every epoch "
-        "(atomically: a temporary file renamed into place)",
+        help="write a checkpoint (tinynorm.save format) after every epoch, atomically; never "
+        "one holding NaN or infinite values",
     )
-    p.add_argument("--resume", metavar="PATH", help="continue training from a checkpoint")
+    p.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue from a checkpoint of --save: its weights, running statistics, optimizer "
+        "state and options are restored, and training goes on with the epoch after the "
+        "saved one, up to --epochs in all. The cosine schedule is over --epochs (so a larger "
+        "--epochs continues on the longer schedule, e.g. 1 epoch saved, resumed with --epochs "
+        "2: epoch 2 at half the base lr). An explicit --lr replaces the saved base lr; "
+        "--batch-size, --seed and --dataset may change too. A different --norm, --optimizer "
+        "or --width is an error before any training.",
+    )
     p.add_argument(
         "--eval-only",
         action="store_true",
@@ -142,55 +180,102 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--log", metavar="PATH", help="per-epoch metrics as CSV, or JSON if PATH ends in .json"
     )
-    p.add_argument(
-        "--train-limit",
-        type=int,
-        metavar="N",
-        help="train on the first N training images only (quick runs)",
-    )
-    p.add_argument(
-        "--test-limit",
-        type=int,
-        metavar="N",
-        help="evaluate on the first N test images only (quick runs)",
-    )
+    add_data_options(p)
     args = p.parse_args(argv)
-    if args.epochs < 0 or args.batch_size < 1:
-        p.error("--epochs must be >= 0 and --batch-size >= 1")
-    if args.lr is None:
-        args.lr = 0.02 if args.optimizer == "sgd" else 0.002
+    if args.epochs is not None and args.epochs < 0:
+        p.error(f"argument --epochs: must be at least 0, got {args.epochs}")
+    args.checkpoint = None  # the last complete checkpoint, for the message on Ctrl-C
     return args
+
+
+def settle_options(args: argparse.Namespace, saved: dict | None) -> None:
+    """Fill in every option left out: from the options saved in the resumed checkpoint, else
+    the defaults. An explicit --norm, --optimizer or --width other than the saved one is a
+    ValueError."""
+    for key in FIXED:
+        given = getattr(args, key)
+        if saved and given is not None and given != saved[key]:
+            raise ValueError(
+                f"{args.resume} holds a model trained with --{key} {saved[key]}, not {given}; "
+                f"resume it with --{key} {saved[key]} (or leave --{key} out)"
+            )
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, saved[key] if saved else default)
+    if args.lr is None:
+        args.lr = saved["lr"] if saved else (0.02 if args.optimizer == "sgd" else 0.002)
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+
+
+def check_writable(path: str | None, option: str) -> None:
+    """Fail before any training if `path` cannot be written (a directory, a file where a
+    directory should be, a read-only place); missing directories are made at the first write."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option} {path} is a directory")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {path} cannot be written: {err.strerror or err}") from None
 
 
 def load_data(args):
     kind = MNIST if args.dataset == "mnist" else FashionMNIST
-    train = kind(root=args.data_dir, train=True)
-    test = kind(root=args.data_dir, train=False)
-    x_train, y_train = train.normalized(), train.labels
-    if args.train_limit:
-        x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
-    x_test, y_test = test.normalized(), test.labels
-    if args.test_limit:
-        x_test, y_test = x_test[: args.test_limit], y_test[: args.test_limit]
+    train = kind(root=args.data_dir, train=True, download=not args.offline)
+    test = kind(root=args.data_dir, train=False, download=not args.offline)
+    x_train, y_train = train.normalized()[: args.train_limit], train.labels[: args.train_limit]
+    x_test, y_test = test.normalized()[: args.test_limit], test.labels[: args.test_limit]
     return (x_train, y_train), (x_test, y_test)
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Pickle `state` to `path` atomically (a temporary file renamed into place)."""
-    with atomic_write(path) as f:
-        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+def non_finite(tree, name: str = "") -> list[str]:
+    """The names of the arrays in a nested dict/list of Tensors and arrays that hold a NaN or
+    an infinity."""
+    if isinstance(tree, dict):
+        return [bad for k, v in tree.items() for bad in non_finite(v, f"{name}{k}/")]
+    if isinstance(tree, (list, tuple)):
+        return [bad for i, v in enumerate(tree) for bad in non_finite(v, f"{name}{i}/")]
+    if isinstance(tree, (tn.Tensor, np.ndarray)):
+        array = tree.numpy() if isinstance(tree, tn.Tensor) else tree
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            return [name.rstrip("/")]
+    return []
 
 
-def load_checkpoint(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            state = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError) as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
-    keys = {"model", "optimizer", "schedule", "epoch", "norm", "log"}
-    if not isinstance(state, dict) or not keys <= set(state):
-        raise ValueError(f"{path} is not a tinynorm MNIST checkpoint")
+def read_checkpoint(path: str) -> dict:
+    """A checkpoint of this program (tinynorm.load: data only), its options checked and every
+    array finite; anything else is a ValueError naming `path`."""
+    state = tn.load(path)
+    if not (isinstance(state, dict) and state.get("program") == PROGRAM):
+        raise ValueError(f"{path} is not a checkpoint of {PROGRAM} (written by its --save)")
+    config = state.get("config")
+    bad = [k for k, ok in CONFIG_CHECKS.items() if not (isinstance(config, dict) and k in config)]
+    bad += [k for k, ok in CONFIG_CHECKS.items() if k not in bad and not ok(config[k])]
+    if bad or not is_count(state.get("epoch"), 0) or not isinstance(state.get("log"), list):
+        raise ValueError(f"{path} has missing or invalid entries: {bad or ['epoch/log']}")
+    broken = non_finite({"model": state.get("model"), "optimizer": state.get("optimizer")})
+    if broken:
+        raise ValueError(
+            f"{path} holds NaN or infinite values (in {', '.join(broken[:3])}): "
+            "refusing to resume from it"
+        )
     return state
+
+
+def restore(path: str, saved: dict, model: nn.Module, opt: tn.optim.Optimizer) -> None:
+    """Load the checkpoint's weights and optimizer state; a mismatch is a ValueError."""
+    try:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+        raise ValueError(f"{path} does not fit this model and optimizer: {err}") from None
 
 
 def write_log(path: str, rows: list[dict]) -> None:
@@ -204,36 +289,63 @@ def write_log(path: str, rows: list[dict]) -> None:
             writer.writerows(rows)
 
 
+def save_checkpoint(args, epoch: int, model: nn.Module, opt: tn.optim.Optimizer, rows) -> None:
+    """Write the state after `epoch` to --save, unless a weight has become NaN or infinite."""
+    state = {
+        "program": PROGRAM,
+        "config": {k: getattr(args, k) for k in CONFIG_CHECKS},
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "log": rows,
+    }
+    broken = non_finite({"model": state["model"], "optimizer": state["optimizer"]})
+    if broken:
+        raise NonFiniteLossError(
+            f"after epoch {epoch}, {', '.join(broken[:3])} hold NaN or infinite values: not "
+            f"saved, {args.save} keeps the previous state; try a lower --lr "
+            f"(this run used {args.lr:g})"
+        )
+    tn.save(state, args.save)
+    args.checkpoint = f"{args.save} (after epoch {epoch})"
+
+
 def run(args: argparse.Namespace) -> float:
+    check_writable(args.save, "--save")
+    check_writable(args.log, "--log")
+    saved = read_checkpoint(args.resume) if args.resume else None
+    settle_options(args, saved and saved["config"])
     tn.manual_seed(args.seed)
     train, test = load_data(args)
     steps_per_epoch = -(-len(train[1]) // args.batch_size)
-    model = build_model(args.norm, max(1, args.epochs * steps_per_epoch))
+    model = build_model(args.norm, max(1, args.epochs * steps_per_epoch), args.width)
     params = list(model.parameters())
     if args.optimizer == "sgd":
         opt = tn.optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     else:
         opt = tn.optim.Adam(params, lr=args.lr)
-    schedule = tn.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.epochs))
     model.to(args.device)  # before the optimizer state is loaded, so it lands on the device too
     start, rows = 0, []
-    if args.resume:
-        state = load_checkpoint(args.resume)
-        if state["norm"] != args.norm:
-            raise ValueError(f"{args.resume} holds a '{state['norm']}' model, not '{args.norm}'")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start, rows = state["epoch"], state["log"]
-        print(f"resumed from {args.resume} after epoch {start}")
+    if saved:
+        restore(args.resume, saved, model, opt)
+        start, rows = saved["epoch"], saved["log"]
+        args.checkpoint = f"{args.resume} (after epoch {start})"
+        print(f"resumed from {args.checkpoint}")
+    for group in opt.param_groups:  # the schedule runs from the base lr: --lr or the saved one
+        group["lr"] = group["initial_lr"] = args.lr
+    schedule = tn.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=max(1, args.epochs), last_epoch=start - 1
+    )
 
-    if args.eval_only:
+    if args.eval_only or start >= args.epochs:
+        if not args.eval_only:
+            print(f"{start} of --epochs {args.epochs} trained already: evaluating only")
         return evaluate(model, test, args.device)
     print(
         f"model: {args.norm}, {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{args.optimizer} lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs"
+        f"{args.optimizer} lr {args.lr:g}, batch {args.batch_size}, epochs {start + 1}-"
+        f"{args.epochs} of {args.epochs}"
     )
-    accuracy = evaluate(model, test, args.device) if start >= args.epochs else None
     for epoch in range(start, args.epochs):
         began = time.perf_counter()
         loader = DataLoader(
@@ -247,15 +359,17 @@ def run(args: argparse.Namespace) -> float:
             leave=True,
             dynamic_ncols=True,
         )
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar, 1):
             x, y = x.to(args.device), y.to(args.device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            where = f"epoch {epoch + 1}, step {step} of {steps_per_epoch}"
+            value = check_finite_loss(loss.item(), where, args.lr)
             opt.zero_grad()
             loss.backward()
             opt.step()
             n = len(y)
-            loss_sum += loss.item() * n
+            loss_sum += value * n
             correct += int((logits.argmax(dim=1).numpy() == y.numpy()).sum())
             seen += n
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
@@ -275,35 +389,23 @@ def run(args: argparse.Namespace) -> float:
             f"train accuracy {correct / seen:.4f}, test accuracy {accuracy:.4f}"
         )
         if args.save:
-            save_checkpoint(
-                args.save,
-                {
-                    "model": {k: v.numpy() for k, v in model.state_dict().items()},
-                    "optimizer": opt.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "epoch": epoch + 1,
-                    "norm": args.norm,
-                    "log": rows,
-                },
-            )
+            save_checkpoint(args, epoch + 1, model, opt, rows)
         if args.log:
             write_log(args.log, rows)
     return accuracy
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """The line printed on Ctrl-C: where the last complete checkpoint is."""
+    if args.checkpoint:
+        return f"interrupted; the last complete checkpoint is {args.checkpoint}"
+    return "interrupted (no checkpoint was written: --save PATH writes one after every epoch)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        accuracy = run(args)
-    except (IDXError, OSError, ValueError, KeyError, RuntimeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(f"test accuracy: {accuracy:.4f}")
-    return 0
+    return run_experiment(
+        argv, parse_args, run, lambda args, accuracy: f"test accuracy: {accuracy:.4f}", interrupted
+    )
 
 
 if __name__ == "__main__":

@@ -259,9 +259,7 @@ def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    train, test, data = load_mnist(
-        args.data_dir, args.train_limit, args.test_limit, min_train=max(args.batch_sizes)
-    )
+    train, test, data = load_mnist(args, min_train=max(args.batch_sizes))
     print(settings(args))
     warm_up(args.norms, args.width, train)
     images = len(train[1])

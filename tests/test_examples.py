@@ -2,11 +2,19 @@
 
 import importlib.util
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from tinynorm.examples import mnist
+
+import tinynorm as tn
 
 QUICK = ["--train-limit", "512", "--test-limit", "500", "--batch-size", "32"]
 
@@ -71,12 +79,12 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, capsys, mo
     monkeypatch.setattr(mnist, "DataLoader", StopInEpochTwo)
     assert mnist.main([*QUICK, "--epochs", "2", "--save", str(cut)]) == 130
     monkeypatch.setattr(mnist, "DataLoader", StopInEpochTwo.__mro__[1])
-    assert pickle.loads(cut.read_bytes())["epoch"] == 1
+    assert tn.load(cut)["epoch"] == 1
     assert mnist.main([*QUICK, "--epochs", "2", "--resume", str(cut), "--save", str(cut)]) == 0
-    a, b = (pickle.loads(p.read_bytes()) for p in (straight, cut))
+    a, b = (tn.load(p) for p in (straight, cut))
     assert a["epoch"] == b["epoch"] == 2
     for key in a["model"]:
-        np.testing.assert_array_equal(a["model"][key], b["model"][key])
+        np.testing.assert_array_equal(a["model"][key].numpy(), b["model"][key].numpy())
     assert a["log"][-1]["test_accuracy"] == b["log"][-1]["test_accuracy"]
     assert [p.name for p in tmp_path.iterdir() if p.suffix in (".tmp", ".part")] == []
     assert mnist.main([*QUICK, "--eval-only", "--resume", str(straight)]) == 0
@@ -89,7 +97,8 @@ def test_bad_arguments_end_with_a_message_and_nonzero_exit(tmp_path, capsys):
     assert exit_info.value.code != 0
     assert "invalid choice" in capsys.readouterr().err
     assert mnist.main(["--resume", str(tmp_path / "missing.ckpt"), *QUICK]) == 1
-    assert capsys.readouterr().err.strip().startswith("error: cannot read checkpoint")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "missing.ckpt" in err and len(err.splitlines()) == 1
     assert mnist.main(["--data-dir", str(tmp_path / "nowhere"), *QUICK]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "nowhere" in err and len(err.splitlines()) == 1
@@ -98,11 +107,165 @@ def test_bad_arguments_end_with_a_message_and_nonzero_exit(tmp_path, capsys):
 def test_wrong_checkpoint_is_refused(tmp_path, capsys):
     ckpt = tmp_path / "bn.ckpt"
     assert mnist.main([*QUICK, "--epochs", "1", "--save", str(ckpt)]) == 0
-    assert mnist.main([*QUICK, "--norm", "gn", "--resume", str(ckpt)]) == 1
-    assert "holds a 'bn' model, not 'gn'" in capsys.readouterr().err
+    capsys.readouterr()
+    for option, value in (("--norm", "gn"), ("--optimizer", "adam"), ("--width", "8")):
+        assert mnist.main([*QUICK, option, value, "--resume", str(ckpt)]) == 1
+        out, err = capsys.readouterr()
+        assert f"trained with {option} " in err and len(err.strip().splitlines()) == 1
+        assert "epoch" not in out  # refused before any training
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed")
 def test_cuda_without_cupy_is_a_clear_error(capsys):
     assert mnist.main([*QUICK, "--device", "cuda"]) == 1
     assert "CuPy" in capsys.readouterr().err
+
+
+def train_once(tmp_path, *extra) -> str:
+    """A one-epoch run of the main job with --save; returns the checkpoint's path."""
+    ckpt = tmp_path / "good.ckpt"
+    assert mnist.main([*QUICK, "--epochs", "1", "--save", str(ckpt), *extra]) == 0
+    return str(ckpt)
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    marker, crafted = tmp_path / "pwned", tmp_path / "crafted.ckpt"
+    state = {"model": {}, "optimizer": {}, "schedule": {}, "epoch": 1, "norm": "bn", "log": []}
+    crafted.write_bytes(pickle.dumps({**state, "extra": Exploit(marker)}))
+    assert mnist.main([*QUICK, "--resume", str(crafted), "--eval-only"]) == 1
+    err = capsys.readouterr().err
+    assert "not a readable tinynorm checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_good_checkpoint(tmp_path, capsys):
+    ckpt = train_once(tmp_path)
+    good = Path(ckpt).read_bytes()
+    capsys.readouterr()
+    assert mnist.main([*QUICK, "--epochs", "1", "--lr", "1e6", "--save", ckpt]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: the training loss is ") and "at epoch 1, step " in err
+    assert "try a lower --lr (this run used 1e+06)" in err
+    assert Path(ckpt).read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir() if "good.ckpt" in p.name] == ["good.ckpt"]
+
+
+def test_resuming_from_non_finite_weights_is_refused(tmp_path, capsys):
+    state = tn.load(train_once(tmp_path))
+    state["model"]["4.weight"].data[0, 0, 0, 0] = np.nan
+    tn.save(state, tmp_path / "nan.ckpt")
+    capsys.readouterr()
+    assert mnist.main([*QUICK, "--epochs", "2", "--resume", str(tmp_path / "nan.ckpt")]) == 1
+    out, err = capsys.readouterr()
+    assert "holds NaN or infinite values (in model/4.weight)" in err and "epoch" not in out
+
+
+def test_resuming_with_more_epochs_continues_on_the_longer_schedule(tmp_path, capsys):
+    """1 epoch saved, resumed with --epochs 2: epoch 2 trains at half the base lr, exactly as
+    epoch 2 of an uninterrupted 2-epoch run (the cosine over 2 epochs), not at lr 0."""
+    ckpt = train_once(tmp_path)
+    straight = tmp_path / "straight.ckpt"
+    assert mnist.main([*QUICK, "--epochs", "2", "--save", str(straight)]) == 0
+    resumed = tmp_path / "resumed.ckpt"
+    assert mnist.main([*QUICK, "--epochs", "2", "--resume", ckpt, "--save", str(resumed)]) == 0
+    one, two, want = (tn.load(p) for p in (ckpt, resumed, straight))
+    assert two["epoch"] == 2 and two["config"]["epochs"] == 2
+    w1, w2 = (s["model"]["0.weight"].numpy() for s in (one, two))
+    assert np.abs(w2 - w1).max() > 1e-4  # epoch 2 changed the weights
+    for key in want["model"]:
+        np.testing.assert_array_equal(two["model"][key].numpy(), want["model"][key].numpy())
+
+
+def test_an_explicit_lr_on_resume_is_the_new_base_lr(tmp_path, capsys):
+    ckpt = train_once(tmp_path)
+    assert tn.load(ckpt)["config"]["lr"] == 0.02
+    again = tmp_path / "again.ckpt"
+    args = [*QUICK, "--epochs", "2", "--lr", "0.005", "--resume", ckpt, "--save", str(again)]
+    assert mnist.main(args) == 0
+    assert "sgd lr 0.005" in capsys.readouterr().out
+    state = tn.load(again)
+    assert state["config"]["lr"] == 0.005
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == 0.005
+
+
+def test_options_left_out_on_resume_come_from_the_checkpoint(tmp_path, capsys):
+    ckpt = train_once(tmp_path, "--optimizer", "adam", "--width", "8", "--norm", "gn")
+    capsys.readouterr()
+    assert mnist.main([*QUICK, "--epochs", "2", "--resume", ckpt]) == 0
+    assert "model: gn, " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", ["--save", "--log"])
+def test_an_unwritable_output_fails_before_training(tmp_path, capsys, option):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for path in (blocker / "out.ckpt", tmp_path):
+        assert mnist.main([*QUICK, option, str(path)]) == 1
+        out, err = capsys.readouterr()
+        assert err.startswith(f"error: {option} {path} ") and "epoch" not in out + err
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+@pytest.mark.parametrize("option", ["--train-limit", "--test-limit"])
+def test_limits_must_be_positive(capsys, option, value):
+    with pytest.raises(SystemExit) as exit_info:
+        mnist.main([option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be at least 1, got {value}" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_is_one_line_of_error(tmp_path, capsys):
+    ckpt = train_once(tmp_path)
+    data = bytearray(Path(ckpt).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    Path(ckpt).write_bytes(data)
+    capsys.readouterr()
+    assert mnist.main([*QUICK, "--resume", ckpt, "--eval-only"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {ckpt}: not a readable") and len(err.splitlines()) == 1
+
+
+def test_ctrl_c_inside_a_numba_kernel_is_a_clean_interrupt(tmp_path, capsys, monkeypatch):
+    """A SIGINT that lands inside a Numba call surfaces as a SystemError caused by the
+    KeyboardInterrupt; the main job still ends with `interrupted` and exit 130."""
+    ckpt = train_once(tmp_path)
+    capsys.readouterr()
+
+    def forward(self, x):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as err:
+            raise SystemError("CPUDispatcher(...) returned a result with an exception set") from err
+
+    monkeypatch.setattr(tn.nn.Sequential, "forward", forward)
+    assert mnist.main([*QUICK, "--epochs", "2", "--resume", ckpt, "--save", ckpt]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"interrupted; the last complete checkpoint is {ckpt} (after epoch 1)"
+
+
+def test_sigint_at_any_moment_ends_with_interrupted_and_130(tmp_path):
+    """Real SIGINTs at several moments of training (most land in Numba kernels or BLAS)."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "TINYNORM_OFFLINE": "1"}
+    env.pop("TINYNORM_DATA", None)
+    command = [sys.executable, "-m", "tinynorm.examples.mnist", *QUICK, "--epochs", "50"]
+    for delay in (0.05, 0.3, 0.55, 0.8):
+        proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        seen = ""
+        while "epoch 1/50" not in seen:  # training has started (tqdm writes to stderr)
+            char = proc.stderr.read(1)
+            assert char, f"the main job ended before training: {seen}"
+            seen += char
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130, seen + rest
+        lines = rest.strip().splitlines()
+        assert "Traceback" not in rest and lines[-1].startswith("interrupted"), rest
