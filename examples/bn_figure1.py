@@ -75,6 +75,7 @@ from tinynorm.diagnostics import PercentileTracer
 from tinynorm.files import atomic_write
 
 from .common import (
+    check_finite_loss,
     endless,
     evaluate,
     experiment_parser,
@@ -180,6 +181,7 @@ def train(args: argparse.Namespace, train_data, test_data) -> tuple[list[dict], 
         x, y = next(batches)
         for key, model in models.items():
             loss = F.cross_entropy(model(x), y)
+            check_finite_loss(loss.item(), f"step {step} ({LABELS[key]})", args.lr)
             optimizers[key].zero_grad()
             loss.backward()
             optimizers[key].step()

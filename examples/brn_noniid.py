@@ -52,6 +52,7 @@ from tinynorm.data import ClassBatchSampler, DataLoader
 from tinynorm.files import atomic_write
 
 from .common import (
+    check_finite_loss,
     endless,
     evaluate,
     experiment_parser,
@@ -126,10 +127,10 @@ def train(args: argparse.Namespace, train_data, test_data) -> tuple[list[dict], 
     began = time.perf_counter()
     bar = tqdm(range(1, args.steps + 1), desc="steps", unit="step", dynamic_ncols=True)
     for step in bar:
-        x, y = next(noniid)
-        train_step(models["bn"], optimizers["bn"], x, y)
-        train_step(models["brn"], optimizers["brn"], x, y)
-        train_step(models["bn_iid"], optimizers["bn_iid"], *next(iid))
+        batch = next(noniid)
+        for key, (x, y) in (("bn", batch), ("brn", batch), ("bn_iid", next(iid))):
+            loss = train_step(models[key], optimizers[key], x, y)
+            check_finite_loss(loss, f"step {step} ({MODELS[key]})", args.lr)
         if step % args.eval_every == 0 or step == args.steps:
             rows.append(row(step))
             bar.set_postfix({MODELS[k]: f"{rows[-1][f'test_accuracy_{k}']:.4f}" for k in MODELS})

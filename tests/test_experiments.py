@@ -220,3 +220,26 @@ def test_brn_experiments_quick_defaults_yield_to_explicit_options():
     assert (quick.steps, quick.classes_per_batch, quick.out) == (600, 2, "results/brn_noniid")
     assert brn_noniid.parse_args(["--quick", "--classes-per-batch", "1"]).classes_per_batch == 1
     assert brn_noniid.parse_args([]).test_limit is None
+
+
+@pytest.mark.parametrize("experiment", [bn_figure1, brn_noniid], ids=lambda m: m.__name__)
+def test_a_non_finite_loss_stops_the_experiment_with_a_clear_error(experiment, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert experiment.main([*TINY, "--lr", "1e38", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: the training loss is ") and " at step " in err
+    assert err.endswith("try a lower --lr (this run used 1e+38)")
+    assert not out.exists()  # no table of a run that blew up
+
+
+def test_ctrl_c_anywhere_is_a_clean_interrupt(capsys):
+    """KeyboardInterrupt, also wrapped in the SystemError a Numba call turns it into."""
+
+    def run(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as err:
+            raise SystemError("returned a result with an exception set") from err
+
+    assert common.run_experiment([], lambda argv: None, run, None) == 130
+    assert capsys.readouterr().err == "interrupted\n"
