@@ -338,8 +338,8 @@ def run(args: argparse.Namespace) -> float:
     )
 
     if args.eval_only or start >= args.epochs:
-        if not args.eval_only:
-            print(f"{start} of --epochs {args.epochs} trained already: evaluating only")
+        if saved and not args.eval_only:
+            print(f"{args.resume} holds {start} of --epochs {args.epochs}: evaluating only")
         return evaluate(model, test, args.device)
     print(
         f"model: {args.norm}, {sum(p.numel() for p in model.parameters()):,} parameters; "

@@ -201,6 +201,8 @@ def test_options_left_out_on_resume_come_from_the_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     assert mnist.main([*QUICK, "--epochs", "2", "--resume", ckpt]) == 0
     assert "model: gn, " in capsys.readouterr().out
+    assert mnist.main([*QUICK, "--resume", ckpt]) == 0  # --epochs 1 from the checkpoint
+    assert f"{ckpt} holds 1 of --epochs 1: evaluating only" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("option", ["--save", "--log"])
