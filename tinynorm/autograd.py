@@ -17,6 +17,8 @@ graph, never autograd through a chain of small elementwise ops.
 
 `backward(root)` walks that graph once in reverse topological order, sums the gradients that
 reach a tensor along several paths, undoes broadcasting, and accumulates into the leaves' `.grad`.
+Unless asked to retain the graph, it then frees each op's saved arrays and links (`release`), so
+the memory goes back at once; a second backward through a freed op is an error, as in PyTorch.
 """
 
 from __future__ import annotations
@@ -63,12 +65,19 @@ class Function:
 
     inputs: tuple
     needs_input_grad: tuple[bool, ...]
+    freed = False  # set by `release`
 
     def forward(self, *arrays, **params):
         raise NotImplementedError
 
     def backward(self, grad):
         raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop everything `forward` saved, and the links to the inputs, after a backward pass
+        that does not retain the graph."""
+        vars(self).clear()
+        self.freed = True
 
     @classmethod
     def apply(cls, *inputs: Tensor, **params) -> Tensor:
@@ -105,7 +114,7 @@ def topological_order(root: Tensor) -> list[Tensor]:
             continue
         visited.add(id(node))
         stack.append((node, True))
-        if node._fn is not None:
+        if node._fn is not None and not node._fn.freed:
             stack.extend(
                 (p, False)
                 for p in node._fn.inputs
@@ -114,10 +123,18 @@ def topological_order(root: Tensor) -> list[Tensor]:
     return order
 
 
-def backward(root: Tensor, grad) -> None:
-    """Propagate `grad` (an array shaped like `root`) back to every leaf that requires grad."""
+def backward(root: Tensor, grad, retain_graph: bool = False) -> None:
+    """Propagate `grad` (an array shaped like `root`) back to every leaf that requires grad;
+    then, unless `retain_graph`, release every op it went through."""
+    order = topological_order(root)
+    if any(node._fn is not None and node._fn.freed for node in order):
+        raise RuntimeError(
+            "Trying to backward through the graph a second time: the first backward() freed "
+            "what its ops saved. Specify retain_graph=True in that first call to backward "
+            "through the graph again."
+        )
     grads = {id(root): grad}
-    for node in reversed(topological_order(root)):
+    for node in reversed(order):
         g = grads.pop(id(node), None)
         if g is None:
             continue
@@ -134,6 +151,8 @@ def backward(root: Tensor, grad) -> None:
             pg = unbroadcast(pg, parent.data.shape)
             key = id(parent)
             grads[key] = grads[key] + pg if key in grads else pg
+        if not retain_graph:
+            fn.release()
 
 
 from .tensor import Tensor  # noqa: E402  (last: tensor.py imports this module in turn)

@@ -98,8 +98,10 @@ class Tensor:
         return f"tensor({body}{extra})"
 
     # ---- autograd ---------------------------------------------------------------------
-    def backward(self, grad: Tensor | None = None) -> None:
-        """Accumulate d(self)/d(leaf) · grad into every leaf's `.grad` (grad defaults to 1)."""
+    def backward(self, grad: Tensor | None = None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) · grad into every leaf's `.grad` (grad defaults to 1).
+        The graph's saved arrays are freed on the way, so a second backward through it raises,
+        unless this call has `retain_graph=True` (then a second call accumulates again)."""
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad")
         if grad is None:
@@ -112,7 +114,7 @@ class Tensor:
             g = grad.data if isinstance(grad, Tensor) else grad
             if g.shape != self.shape:
                 raise ValueError(f"gradient of shape {g.shape} for a tensor of shape {self.shape}")
-        autograd.backward(self, g)
+        autograd.backward(self, g, retain_graph)
 
     def _accumulate_grad(self, g) -> None:
         g = g.astype(self.dtype, copy=False)
