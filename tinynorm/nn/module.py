@@ -48,6 +48,24 @@ class RemovableHandle:
     __call__ = remove
 
 
+def _converted(key: str, value, target: Tensor):
+    """`value` (a Tensor or an array) as a new array in `target`'s shape, dtype and device, or
+    a ValueError (shape) or TypeError (dtype) naming `key`."""
+    array = np.asarray(value.numpy() if isinstance(value, Tensor) else value)
+    if array.shape != target.shape:
+        raise ValueError(
+            f"load_state_dict: {key} has shape {array.shape} in the state dict but "
+            f"{target.shape} in the module"
+        )
+    numeric = "biufc" if target.dtype.kind == "c" else "biuf"
+    if array.dtype.kind not in numeric:
+        raise TypeError(
+            f"load_state_dict: {key} has dtype {array.dtype} in the state dict, which cannot "
+            f"become the module's {target.dtype}"
+        )
+    return backend.to_device(array.astype(target.dtype), target.device)
+
+
 class Module:
     """Base class of every layer and model: override `forward`, call the module like a function."""
 
@@ -234,25 +252,21 @@ class Module:
     def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> IncompatibleKeys:
         """Copy values (Tensors or NumPy arrays) into this module's parameters and buffers,
         keeping each one's dtype and device. With strict=True the keys must match exactly;
-        shapes must always match."""
+        shapes must always match, and each value must be numeric (booleans, integers, floats;
+        complex only into complex). All or nothing: every value is checked and converted into
+        a new array before the first is written, so a bad dict changes nothing."""
         own = self._state_tensors()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        arrays = {}
-        for key, target in own.items():
-            if key in state_dict:
-                value = state_dict[key]
-                arrays[key] = np.asarray(value.numpy() if isinstance(value, Tensor) else value)
-                if arrays[key].shape != target.shape:
-                    raise ValueError(
-                        f"load_state_dict: {key} has shape {arrays[key].shape} in the state "
-                        f"dict but {target.shape} in the module"
-                    )
-        for key, array in arrays.items():  # all checked first: a bad dict changes nothing
-            target = own[key]
-            target.data[...] = backend.to_device(array.astype(target.dtype), target.device)
+        arrays = {
+            key: _converted(key, state_dict[key], target)
+            for key, target in own.items()
+            if key in state_dict
+        }
+        for key, array in arrays.items():
+            own[key].data[...] = array
         return IncompatibleKeys(missing, unexpected)
 
     # ---- dtype and device -------------------------------------------------------------
