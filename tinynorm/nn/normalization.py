@@ -2,6 +2,9 @@
 
 The layers hold the parameters (γ = `weight`, β = `bias`) and the running estimates; the math
 lives in `tinynorm.ops.normalization` (functional forms) and `tinynorm.ops.norm` (the fused op).
+Every layer checks its input (dtype, rank, channels) before it changes any state, and a batch
+without values (N = 0 or an empty spatial dim) gives an empty output and changes no state, not
+even the step count (PyTorch counts it, which would skew momentum=None's cumulative average).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
+from ..ops.norm import check_dtype
 from ..tensor import Tensor
 from .module import Module, Parameter
 
@@ -63,6 +67,7 @@ class _NormBase(Module):
                 self._buffers[name].data[...] = value
 
     def _check(self, x: Tensor) -> None:
+        check_dtype(type(self).__name__, x)
         _check_rank(self, x, self.ranks)
         if x.shape[1] != self.num_features:
             raise ValueError(
@@ -70,10 +75,15 @@ class _NormBase(Module):
                 f"{self.num_features} channels, got input of shape {x.shape}"
             )
 
-    def _averaging_factor(self) -> float:
-        """The weight of this batch in the running estimates: `momentum`, or 1/t for the
+    def _is_step(self, x: Tensor) -> bool:
+        """Whether this forward is a training step, which counts: training on a batch with
+        values (an empty batch changes no state)."""
+        return self.training and x.numel() > 0
+
+    def _averaging_factor(self, x: Tensor) -> float:
+        """The weight of batch `x` in the running estimates: `momentum`, or 1/t for the
         cumulative average of all t batches so far when momentum is None."""
-        if self.training and self.track_running_stats:
+        if self._is_step(x) and self.track_running_stats:
             self.num_batches_tracked.data += 1
             if self.momentum is None:
                 return 1.0 / float(self.num_batches_tracked.data)
@@ -93,7 +103,7 @@ class _BatchNorm(_NormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        factor = self._averaging_factor()
+        factor = self._averaging_factor(x)
         use_batch = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
         return ops.batch_norm(
@@ -208,7 +218,7 @@ class _BatchRenorm(_NormBase):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         rmax, dmax = self.current_limits
-        if self.training:
+        if self._is_step(x):
             self.num_batches_tracked.data += 1
         return ops.batch_renorm(
             x,
@@ -250,7 +260,7 @@ class _MeanOnlyBatchNorm(_NormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        factor = self._averaging_factor()
+        factor = self._averaging_factor(x)
         return ops.mean_only_batch_norm(x, self.running_mean, self.bias, self.training, factor)
 
     def extra_repr(self) -> str:
@@ -289,6 +299,7 @@ class GroupNorm(Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        check_dtype("GroupNorm", x)
         if x.ndim < 2 or x.shape[1] != self.num_channels:
             raise ValueError(
                 f"GroupNorm: expected input (N, {self.num_channels}, ...), got shape {x.shape}"
@@ -326,6 +337,7 @@ class LayerNorm(Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        check_dtype("LayerNorm", x)
         return ops.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
@@ -356,7 +368,7 @@ class BatchInstanceNorm2d(_NormBase):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         self.rho.data[...] = self.rho.data.clip(0, 1)
-        factor = self._averaging_factor()
+        factor = self._averaging_factor(x)
         use_batch = self.training or self.running_mean is None
         return ops.batch_instance_norm(
             x,
@@ -395,7 +407,7 @@ class SwitchableNorm2d(_NormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        factor = self._averaging_factor()
+        factor = self._averaging_factor(x)
         use_batch = self.training or self.running_mean is None
         return ops.switchable_norm(
             x,
@@ -451,8 +463,8 @@ class BatchLayerNorm(_NormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        factor = self._averaging_factor()
-        if self.training:
+        factor = self._averaging_factor(x)
+        if self._is_step(x):
             self.batch_size.data[...] = x.shape[0]
         m = int(self.batch_size.data) or x.shape[0]
         fixed = not self.training and not self.eval_batch_stats

@@ -27,17 +27,30 @@ Every dx above is alpha·dy + beta·(x - μ) + delta with per-row coefficients, 
 each statistic covers a run of k consecutive rows, one contiguous block, so the statistics and
 y, and the sums and dx, are each computed in one visit of the run (`kernels.normalize_runs`,
 `kernels.combine_runs`): 3 passes over memory fewer than `Normalize` after `row_moments`.
+
+`Empty` is every norm's answer to an input without values (N = 0 or an empty spatial dim), as
+in PyTorch: an empty output, zero gradients for the parameters, no statistics.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from .. import backend, kernels
 from ..autograd import Function
 from ..tensor import Tensor
 
 GRAD_MODES = ("mean_var", "mean", "none")
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the kernels take
+
+
+def check_dtype(op: str, x: Tensor) -> None:
+    """The one check of a norm's input dtype (every layer and functional form calls it before
+    it changes any state): float32 or float64, else a TypeError naming `op` and the dtype."""
+    if x.dtype not in DTYPES:
+        raise TypeError(f"{op}: input dtype {x.dtype} is not supported (float32 or float64)")
 
 
 class Pattern(NamedTuple):
@@ -220,6 +233,26 @@ class NormalizeRuns(Function):
             sums = kernels.row_grad_sums(dy, x3, mean)
         dw, db = affine_grads(dy, x3, mean, rstd, sums, (need_w, need_b), self.elementwise)
         return dx, cast_grad(dw, self.weight), cast_grad(db, self.bias)
+
+
+class Empty(Function):
+    """A norm of an input without values: y = x (empty), dx = dy (empty), and zero gradients
+    for the other inputs (γ, β, mixing weights: the sums over no values)."""
+
+    def forward(self, x, *params):
+        self.params = params
+        return x.copy()
+
+    def backward(self, grad):
+        zeros = [
+            None if p is None else backend.get_array_module(p).zeros_like(p) for p in self.params
+        ]
+        return (grad, *zeros)
+
+
+def empty(x: Tensor, *params: Tensor | None) -> Tensor:
+    """The empty output of a norm for an input `x` without values; `params` get zero grads."""
+    return Empty.apply(x, *params)
 
 
 def cast_grad(g, like):

@@ -4,7 +4,9 @@ Each variant is a few lines over `norm.py`: choose the `Pattern` its statistics 
 batch statistics from the `row_moments` kernel or take running estimates, update the running
 estimates in place, and call the one fused `normalize` op. The per-sample norms with batch
 statistics (GroupNorm, LayerNorm, InstanceNorm without running estimates) call `normalize_runs`
-instead, which computes their statistics in the same visit of each run as y.
+instead, which computes their statistics in the same visit of each run as y. An input without
+values (N = 0 or an empty spatial dim) is checked like any other, then gives the `empty` op's
+empty output, as in PyTorch: no statistics, and no running estimate moves.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 
 from .. import backend, kernels
 from ..tensor import Tensor
-from .norm import Part, Pattern, normalize, normalize_runs, pooled_moments
+from .norm import Part, Pattern, check_dtype, empty, normalize, normalize_runs, pooled_moments
 from .norm_mixed import mixed_normalize, switchable_normalize
 from .shape import permute, reshape
 from .softmax import softmax
@@ -22,8 +24,7 @@ from .softmax import softmax
 def nc_view(x: Tensor, op: str, **per_channel: Tensor | None) -> tuple[int, int, int]:
     """(N, C, S) for an input (N, C, *spatial), or an error naming what is wrong with it or
     with one of the `per_channel` tensors (weight, bias, running estimates), which must be (C,)."""
-    if x.dtype.kind != "f":
-        raise TypeError(f"{op}: expected a floating-point input, got dtype {x.dtype}")
+    check_dtype(op, x)
     if x.ndim < 2:
         raise ValueError(f"{op}: expected an input (N, C, ...), got shape {x.shape}")
     n, c = x.shape[:2]
@@ -146,6 +147,8 @@ def batch_norm(
         running_var=running_var,
     )
     N, C, S = view
+    if input.numel() == 0:
+        return empty(input, weight, bias)
     if S == 1 and N > 1:  # rows of one value: normalize the transpose (1, C, N) instead
         columns = reshape(permute(reshape(input, (N, C)), (1, 0)), (1, C, N))
         y = batch_norm(columns, running_mean, running_var, weight, bias, training, momentum, eps)
@@ -179,6 +182,8 @@ def batch_renorm(
         running_mean=running_mean,
         running_std=running_std,
     )
+    if input.numel() == 0:
+        return empty(input, weight, bias)
     pattern = Pattern(view[1], True)
     if not training:
         _need_running("batch_renorm", running_mean, running_std)
@@ -206,6 +211,8 @@ def mean_only_batch_norm(
     μ is the batch mean in training (the running mean moves towards it), the running mean in
     eval."""
     view = nc_view(input, "mean_only_batch_norm", bias=bias, running_mean=running_mean)
+    if input.numel() == 0:
+        return empty(input, bias)
     pattern = Pattern(view[1], True)
     if not training:
         _need_running("mean_only_batch_norm", running_mean)
@@ -240,15 +247,17 @@ def instance_norm(
     )
     _, C, S = view
     pattern = Pattern(C, False)
-    if not use_input_stats:
-        _need_running("instance_norm", running_mean, running_var)
-        part = _fixed_part(view, pattern, running_mean, _rstd(running_var.data, eps))
-        return _apply(input, weight, bias, view, part)
-    if S == 1:
+    if use_input_stats and S == 1:
         raise ValueError(
             f"instance_norm: expected more than 1 spatial value per channel, got input of shape "
             f"{input.shape}"
         )
+    if input.numel() == 0:
+        return empty(input, weight, bias)
+    if not use_input_stats:
+        _need_running("instance_norm", running_mean, running_var)
+        part = _fixed_part(view, pattern, running_mean, _rstd(running_var.data, eps))
+        return _apply(input, weight, bias, view, part)
     if running_mean is None:
         return normalize_runs(input, weight, bias, view=view, k=1, eps=eps)
     mean, var = pooled_moments(*_row_moments(input, view), S, pattern)
@@ -269,6 +278,8 @@ def group_norm(
     C = view[1]
     if num_groups < 1 or C % num_groups:
         raise ValueError(f"group_norm: num_groups {num_groups} must divide the {C} channels")
+    if input.numel() == 0:
+        return empty(input, weight, bias)
     return normalize_runs(input, weight, bias, view=view, k=C // num_groups, eps=eps)
 
 
@@ -283,12 +294,13 @@ def layer_norm(
     each example; γ, β elementwise over normalized_shape."""
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     k = len(shape)
-    if input.dtype.kind != "f":
-        raise TypeError(f"layer_norm: expected a floating-point input, got dtype {input.dtype}")
+    check_dtype("layer_norm", input)
     if k == 0 or input.ndim < k or tuple(input.shape[input.ndim - k :]) != shape:
         raise ValueError(
             f"layer_norm: input of shape {input.shape} does not end with normalized_shape {shape}"
         )
+    if input.numel() == 0:
+        return empty(input, weight, bias)
     view = (math.prod(input.shape[: input.ndim - k]), 1, math.prod(shape))
     elementwise = weight is not None or bias is not None
     return normalize_runs(input, weight, bias, view=view, k=1, eps=eps, elementwise=elementwise)
@@ -316,6 +328,8 @@ def batch_instance_norm(
         running_mean=running_mean,
         running_var=running_var,
     )
+    if input.numel() == 0:
+        return empty(input, weight, bias, rho)
     rows = _row_moments(input, view)
     bn = _batch_part(input, view, rows, running_mean, running_var, training, momentum, eps)
     inst = _sample_part(view, rows, Pattern(view[1], False), eps)
@@ -346,6 +360,8 @@ def batch_layer_norm(
         running_mean=running_mean,
         running_var=running_var,
     )
+    if input.numel() == 0:
+        return empty(input, weight, bias)
     N, C, _ = view
     xp = backend.get_array_module(input.data)
     rows = _row_moments(input, view)
@@ -387,6 +403,8 @@ def switchable_norm(
         _need_running("switchable_norm", running_mean, running_var)
     if training:
         _check_training_batch(input, view)
+    if input.numel() == 0:
+        return empty(input, weight, bias, mean_logits, var_logits)
     rows = _row_moments(input, view)  # IN's moments; LN's and BN's are pooled from them
     stats = [
         (p, *pooled_moments(*rows, view[2], p))
