@@ -26,15 +26,78 @@ and, for the convolution's single GEMM, `im2col` (the window columns of an image
 adjoint `col2im`; for max pooling, `max_pool` (values and argmax) and `max_pool_backward`;
 `transpose`, a blocked 2-d transposed copy (batch norm of (N, C) inputs works on the transpose).
 
+Thread safety: Numba's `workqueue` threading layer aborts the process when two Python threads
+launch parallel kernels at once (`tbb` and `omp` are thread-safe). Under it, and until the layer
+is known (Numba picks it at the first parallel launch), the CPU kernels are launched one at a
+time under a lock, so several threads may train at once on any layer.
+
 Row arguments may be anything that broadcasts to (N, C); `w`, `b` are (C, S) tables or None.
-Sums come back in float64, arrays in x's dtype.
+Sums come back in float64, arrays in x's dtype. The coefficients of `combine` (alpha, beta,
+delta) and of `combine_runs` stay in float64 up to each value's final multiply-add: beta ~ ρ²
+(ρ = 1/sqrt(σ² + ε)) falls below float32's smallest normal number once σ passes ~1e19, and in
+float32 the gradient would lose its x̂·⟨dx̂·x̂⟩ term.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
+from types import SimpleNamespace
+
+import numba
 import numpy as np
 
 from . import cpu
+
+_LAUNCH = threading.Lock()
+_layer: str | None = None  # Numba's threading layer, once known
+
+
+def _one_at_a_time() -> bool:
+    """Whether a CPU kernel launch must hold `_LAUNCH`: under the workqueue layer, and while no
+    parallel kernel has run yet (the layer is chosen then)."""
+    global _layer
+    if _layer is None:
+        try:
+            _layer = numba.threading_layer()
+        except ValueError:  # not chosen yet
+            return True
+    return _layer == "workqueue"
+
+
+def _serialized(kernel):
+    """`kernel` (a parallel CPU kernel), launched under `_LAUNCH` where `_one_at_a_time`."""
+
+    @functools.wraps(kernel)
+    def launch(*args):
+        if not _one_at_a_time():
+            return kernel(*args)
+        with _LAUNCH:
+            return kernel(*args)
+
+    return launch
+
+
+# the CPU kernels as the dispatch below launches them
+_cpu = SimpleNamespace(
+    **{
+        name: _serialized(getattr(cpu, name))
+        for name in (
+            "row_moments",
+            "normalize",
+            "row_grad_sums",
+            "combine",
+            "column_grad_sums",
+            "normalize_runs",
+            "combine_runs",
+            "im2col",
+            "col2im",
+            "max_pool",
+            "max_pool_backward",
+            "transpose",
+        )
+    }
+)
 
 
 def on_gpu(x) -> bool:
@@ -55,7 +118,7 @@ def _impl(x):
         from . import cuda
 
         return cuda
-    return cpu
+    return _cpu
 
 
 def _view(x):
@@ -72,9 +135,9 @@ def _filled(shape, a, x, dtype=None):
     return out
 
 
-def _rows(a, x):
-    """A per-row argument as an (N, C) array."""
-    return _filled(x.shape[:2], a, x)
+def _rows(a, x, dtype=None):
+    """A per-row argument as an (N, C) array in `dtype` (default x's)."""
+    return _filled(x.shape[:2], a, x, dtype)
 
 
 def _tables(x, *tables):
@@ -103,7 +166,7 @@ def normalize(x, center, scale, shift, w=None, b=None):
     rows = [_rows(a, x) for a in (center, scale, shift)]
     if on_gpu(x):
         return _impl(x).normalize(x, *rows, *_affine_tables(x, w, b))
-    return cpu.normalize(x, *rows, *_affine_tables(x, w, b), np.empty_like(x))
+    return _cpu.normalize(x, *rows, *_affine_tables(x, w, b), np.empty_like(x))
 
 
 def row_grad_sums(dy, x, center, w=None):
@@ -113,10 +176,10 @@ def row_grad_sums(dy, x, center, w=None):
 
 def combine(dy, x, center, alpha, beta, delta, w=None):
     x, dy = _view(x), _view(dy)
-    rows = [_rows(a, x) for a in (center, alpha, beta, delta)]
+    rows = [_rows(center, x)] + [_rows(a, x, np.float64) for a in (alpha, beta, delta)]
     if on_gpu(x):
         return _impl(x).combine(dy, x, *rows, *_tables(x, w))
-    return cpu.combine(dy, x, *rows, *_tables(x, w), np.empty_like(x))
+    return _cpu.combine(dy, x, *rows, *_tables(x, w), np.empty_like(x))
 
 
 def column_grad_sums(dy, x, center, scale):
@@ -162,7 +225,7 @@ def normalize_runs(x, k: int, eps: float, gamma=None, beta=None, w=None, b=None)
     shape = (x.shape[0], _runs(x, k))
     y, mean, rstd = np.empty_like(x), np.empty(shape), np.empty(shape)
     gamma, beta = _channel(x, gamma, 1), _channel(x, beta, 0)
-    cpu.normalize_runs(x, k, float(eps), gamma, beta, *_affine_tables(x, w, b), y, mean, rstd)
+    _cpu.normalize_runs(x, k, float(eps), gamma, beta, *_affine_tables(x, w, b), y, mean, rstd)
     return y, mean, rstd
 
 
@@ -181,7 +244,7 @@ def combine_runs(dy, x, k: int, mean, rstd, gamma=None, w=None):
         return combine_runs_composed(dy, x, k, mean, rstd, gamma, w)
     mean, rstd = _run_stats(x, k, mean, rstd)
     dx, sums = np.empty_like(x), (np.empty(x.shape[:2]), np.empty(x.shape[:2]))
-    cpu.combine_runs(dy, x, k, mean, rstd, _channel(x, gamma, 1), *_tables(x, w), dx, *sums)
+    _cpu.combine_runs(dy, x, k, mean, rstd, _channel(x, gamma, 1), *_tables(x, w), dx, *sums)
     return dx, *sums
 
 
@@ -294,4 +357,4 @@ def transpose(x):
         raise ValueError(f"transpose expects a 2-d array, got shape {x.shape}")
     if on_gpu(x):
         return _xp(x).ascontiguousarray(x.T)
-    return cpu.transpose(x, np.empty(x.shape[::-1], x.dtype))
+    return _cpu.transpose(x, np.empty(x.shape[::-1], x.dtype))

@@ -22,7 +22,9 @@ memory: `normalize_runs` (the run's moments, then y: 1 read of x, 1 write) and `
 
 `w` and `b` are (C, S) tables for an elementwise affine, or (0, 0) arrays for none (a
 per-channel affine is folded into scale/shift by the caller, or given to the run kernels as
-(C,) gamma and beta). Sums accumulate in float64; values are stored in the input's dtype.
+(C,) gamma and beta). Sums accumulate in float64; values are stored in the input's dtype. The
+coefficients of dx (alpha, beta, delta) are float64 up to each value's final multiply-add:
+beta ~ ρ² would underflow float32 once σ passes ~1e19.
 Centering on the row's mean before multiplying keeps float32 accurate when |mean| ≫ std.
 """
 
@@ -91,8 +93,8 @@ def _row_grad_sums(dy, x, n, c, center, w):
 
 @njit(cache=True, fastmath=FLAGS)
 def _combine_row(dy, x, dx, n, c, center, alpha, beta, delta, w):
-    """dx[n, c] = alpha · dy · w[c] + beta · (x - center) + delta (w = 1 when empty); the
-    scalars in x's dtype."""
+    """dx[n, c] = alpha · dy · w[c] + beta · (x - center) + delta (w = 1 when empty); center
+    in x's dtype, alpha, beta, delta in float64 (each value computed in float64, then stored)."""
     grow, row, out = dy[n, c], x[n, c], dx[n, c]
     if w.size > 0:
         wc = w[c]
@@ -142,8 +144,9 @@ def row_grad_sums(dy, x, center, w):
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)
 def combine(dy, x, center, alpha, beta, delta, w, dx=None):
-    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r]; row arrays in x's
-    dtype. Every variant's closed-form dx has this shape once its row coefficients are known."""
+    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r]; center in x's
+    dtype, the coefficients alpha, beta, delta in float64. Every variant's closed-form dx has
+    this shape once its row coefficients are known."""
     N, C, _ = x.shape
     if dx is None:
         dx = np.empty_like(x)
@@ -182,7 +185,7 @@ def combine_runs(dy, x, k, mean, rstd, gamma, w, dx, sum_dy, sum_dyx):
     twice while in cache. Pass 1, per row: sum_dy = Σ_s dy·w, sum_dyx = Σ_s dy·w·(x - mean)
     (float64, w = 1 when empty; without gamma: the caller's dγ, dβ). Then with dx̂ = gamma[c]·dy·w
     and m = k·S: ⟨dx̂⟩ = Σ gamma·sum_dy / m, ⟨dx̂·x̂⟩ = ρ·Σ gamma·sum_dyx / m over the run's rows;
-    pass 2: dx = ρ·dx̂ - ρ²·⟨dx̂·x̂⟩·(x - mean) - ρ·⟨dx̂⟩.
+    pass 2: dx = ρ·dx̂ - ρ²·⟨dx̂·x̂⟩·(x - mean) - ρ·⟨dx̂⟩, the coefficients in float64.
     dy, x, dx (N, C, S); mean, rstd (N, C/k) float64; gamma (C,); w (C, S) or (0, 0); the
     outputs sum_dy, sum_dyx (N, C) float64."""
     N, C, S = x.shape
@@ -200,10 +203,10 @@ def combine_runs(dy, x, k, mean, rstd, gamma, w, dx, sum_dy, sum_dyx):
             sum_dy[n, c], sum_dyx[n, c] = a, b
             total += gamma[c] * a
             total_x += gamma[c] * b
-        beta = cast(-r * r * (r * total_x / m))
-        delta = cast(-r * (total / m))
+        beta = -r * r * (r * total_x / m)
+        delta = -r * (total / m)
         for c in range(lo, lo + k):
-            _combine_row(dy, x, dx, n, c, center, cast(r * gamma[c]), beta, delta, w)
+            _combine_row(dy, x, dx, n, c, center, r * gamma[c], beta, delta, w)
     return dx
 
 

@@ -2,7 +2,8 @@
 on CuPy arrays.
 
 `w`/`b` are None when there is no elementwise affine (a 1×1 placeholder and a flag reach the
-kernel); the row arrays (N, C) must already be contiguous and in the data's dtype.
+kernel); the row arrays (N, C) must already be contiguous and in the data's dtype, except the
+coefficients of `combine` (alpha, beta, delta), which are float64 (see `kernels`).
 
 Arrays cross zero-copy through `__cuda_array_interface__`; outputs are allocated with the
 array module of the input (CuPy on a GPU; NumPy under Numba's CUDA simulator in the tests).
@@ -107,7 +108,8 @@ def _normalize(x, center, scale, shift, w, b, has_w, C, S, y):
 
 @cuda.jit
 def _combine(dy, x, center, alpha, beta, delta, w, has_w, C, S, dx):
-    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r]."""
+    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r], computed in float64
+    (alpha, beta, delta are) and stored in dx's dtype."""
     k = cuda.grid(1)
     if k >= x.size:
         return
@@ -191,7 +193,8 @@ def normalize(x, center, scale, shift, w=None, b=None):
 
 
 def combine(dy, x, center, alpha, beta, delta, w=None):
-    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r] (see cpu.combine)."""
+    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r] (see cpu.combine);
+    center in x's dtype, alpha, beta, delta in float64."""
     C, S = x.shape[1:]
     dx = _xp(x).empty_like(x)
     rows = [a.reshape(-1) for a in (center, alpha, beta, delta)]

@@ -92,8 +92,8 @@ def make_case(rng, shape, dtype, offset: float = 0.0) -> Case:
     def cast(a):
         return np.ascontiguousarray(a, dtype)
 
-    def per_row(low, high):
-        return cast(rng.uniform(low, high, (N, C)))
+    def per_row(low, high, dtype=dtype):
+        return np.ascontiguousarray(rng.uniform(low, high, (N, C)), dtype)
 
     x = cast(offset + rng.standard_normal(shape))
     # near each row's mean, as a caller would pass it, but not equal to it
@@ -104,9 +104,10 @@ def make_case(rng, shape, dtype, offset: float = 0.0) -> Case:
         center=center,
         scale=per_row(0.5, 2.0),
         shift=per_row(-1.0, 1.0),
-        alpha=per_row(0.5, 2.0),
-        beta=per_row(-1.0, 1.0),
-        delta=per_row(-1.0, 1.0),
+        # combine's coefficients are float64 whatever x's dtype, as the dispatch passes them
+        alpha=per_row(0.5, 2.0, np.float64),
+        beta=per_row(-1.0, 1.0, np.float64),
+        delta=per_row(-1.0, 1.0, np.float64),
         w=cast(rng.standard_normal((C, S))),
         b=cast(rng.standard_normal((C, S))),
     )
@@ -676,13 +677,15 @@ def test_dispatch_broadcasts_per_row_arguments(rng):
     N, C, S = 3, 4, 10
     x = rng.standard_normal((N, C, S)).astype(np.float32)
     dy = rng.standard_normal((N, C, S)).astype(np.float32)
-    per_channel = rng.uniform(0.5, 2.0, (1, C))  # float64: cast to x's dtype
+    per_channel = rng.uniform(
+        0.5, 2.0, (1, C)
+    )  # float64: cast to x's dtype, except as combine's coefficients
     per_sample = rng.uniform(-1.0, 1.0, (N, 1))
     channel_vector = rng.uniform(-1.0, 1.0, C)  # (C,) broadcasts like (1, C)
     none = np.empty((0, 0), np.float32)
 
-    def full(a):
-        return np.ascontiguousarray(np.broadcast_to(a, (N, C)), np.float32)
+    def full(a, dtype=np.float32):
+        return np.ascontiguousarray(np.broadcast_to(a, (N, C)), dtype)
 
     assert_same_results(
         kernels.normalize(x, per_sample, per_channel, 0.25),
@@ -692,8 +695,11 @@ def test_dispatch_broadcasts_per_row_arguments(rng):
         kernels.row_grad_sums(dy, x, channel_vector),
         cpu.row_grad_sums(dy, x, full(channel_vector), none),
     )
-    rows = (0.5, per_channel, per_sample, channel_vector)
-    assert_same_results(kernels.combine(dy, x, *rows), cpu.combine(dy, x, *map(full, rows), none))
+    coefficients = (per_channel, per_sample, channel_vector)  # kept in float64
+    assert_same_results(
+        kernels.combine(dy, x, 0.5, *coefficients),
+        cpu.combine(dy, x, full(0.5), *(full(a, np.float64) for a in coefficients), none),
+    )
     assert_same_results(
         kernels.column_grad_sums(dy, x, per_sample, 2),
         cpu.column_grad_sums(dy, x, full(per_sample), full(2.0)),
