@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from .. import backend, kernels
 from ..autograd import Function
 from ..tensor import Tensor
+from .norm import check_dtype
 
 
 def pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]:
@@ -33,13 +34,12 @@ def pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]
 
 
 def check_input(op: str, x: Tensor) -> None:
-    """An (N, C, H, W) floating-point input, or an error that names the problem."""
+    """An (N, C, H, W) float32 or float64 input, or an error that names the problem."""
     if x.ndim != 4:
         raise ValueError(
             f"{op}: expected a 4-d input (N, C, H, W), got a {x.ndim}-d input of shape {x.shape}"
         )
-    if x.dtype.kind != "f":
-        raise TypeError(f"{op}: expected a floating-point input, got dtype {x.dtype}")
+    check_dtype(op, x)
 
 
 def output_size(

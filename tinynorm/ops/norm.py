@@ -47,8 +47,9 @@ DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the kernels take
 
 
 def check_dtype(op: str, x: Tensor) -> None:
-    """The one check of a norm's input dtype (every layer and functional form calls it before
-    it changes any state): float32 or float64, else a TypeError naming `op` and the dtype."""
+    """The one check of an input dtype for the kernels (every norm layer and functional form
+    calls it before it changes any state, and so do conv2d and pooling): float32 or float64,
+    else a TypeError naming `op` and the dtype."""
     if x.dtype not in DTYPES:
         raise TypeError(f"{op}: input dtype {x.dtype} is not supported (float32 or float64)")
 
