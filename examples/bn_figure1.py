@@ -76,6 +76,7 @@ from tinynorm.files import atomic_write
 
 from .common import (
     check_finite_loss,
+    check_interrupt,
     endless,
     evaluate,
     experiment_parser,
@@ -179,6 +180,7 @@ def train(args: argparse.Namespace, train_data, test_data) -> tuple[list[dict], 
     bar = tqdm(range(1, args.steps + 1), desc="steps", unit="step", dynamic_ncols=True)
     for step in bar:
         x, y = next(batches)
+        check_interrupt()
         for key, model in models.items():
             loss = F.cross_entropy(model(x), y)
             check_finite_loss(loss.item(), f"step {step} ({LABELS[key]})", args.lr)

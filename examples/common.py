@@ -4,9 +4,12 @@ batches that never run out, and the CSV / Markdown / PNG outputs, each written a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -110,6 +113,7 @@ def evaluate(model: nn.Module, data: Data, device: str = "cpu", batch_size: int 
     correct = 0
     with tn.no_grad():
         for x, y in DataLoader(data, batch_size=batch_size):
+            check_interrupt()
             pred = model(x.to(device)).argmax(dim=1).numpy()
             correct += int((pred == y.numpy()).sum())
     model.train()
@@ -158,6 +162,7 @@ def train_step(
     model: nn.Module, optimizer: tn.optim.Optimizer, x: tn.Tensor, y: tn.Tensor
 ) -> float:
     """One update on the batch (x, y) by cross-entropy; returns the batch's loss."""
+    check_interrupt()
     loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad()
     loss.backward()
@@ -216,6 +221,44 @@ def was_interrupted(err: BaseException | None) -> bool:
     return False
 
 
+_ctrl_c = threading.Event()  # set by every SIGINT while `catching_ctrl_c` is active
+
+
+def _on_sigint(signum, frame) -> None:
+    _ctrl_c.set()
+    raise KeyboardInterrupt
+
+
+def _on_unraisable(report) -> None:
+    """sys.unraisablehook: stay silent about a KeyboardInterrupt that Python could not raise."""
+    if not issubclass(report.exc_type, KeyboardInterrupt):
+        sys.__unraisablehook__(report)
+
+
+@contextlib.contextmanager
+def catching_ctrl_c() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: a SIGINT that lands in a
+    callback from compiled code (llvmlite's, while Numba compiles a kernel) is printed as
+    "unraisable" and dropped by Python, so `check_interrupt()` at every step raises it then."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _ctrl_c.clear()
+    previous = signal.signal(signal.SIGINT, _on_sigint), sys.unraisablehook
+    sys.unraisablehook = _on_unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        sys.unraisablehook = previous[1]
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed and its interrupt was dropped."""
+    if _ctrl_c.is_set():
+        raise KeyboardInterrupt
+
+
 ERRORS = (IDXError, OSError, ValueError, KeyError, RuntimeError)  # one line `error: ...`
 
 
@@ -231,7 +274,8 @@ def run_experiment(
     wherever it lands, prints `interrupted(args)` (exit 130), never a traceback."""
     args = parse_args(argv)
     try:
-        result = run(args)
+        with catching_ctrl_c():
+            result = run(args)
     except BaseException as err:
         if was_interrupted(err):
             print(interrupted(args), file=sys.stderr)

@@ -33,6 +33,7 @@ from .common import (
     NonFiniteLossError,
     add_data_options,
     check_finite_loss,
+    check_interrupt,
     evaluate,
     positive_int,
     run_experiment,
@@ -360,6 +361,7 @@ def run(args: argparse.Namespace) -> float:
             dynamic_ncols=True,
         )
         for step, (x, y) in enumerate(bar, 1):
+            check_interrupt()
             x, y = x.to(args.device), y.to(args.device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)

@@ -253,12 +253,16 @@ def test_ctrl_c_inside_a_numba_kernel_is_a_clean_interrupt(tmp_path, capsys, mon
     assert err == f"interrupted; the last complete checkpoint is {ckpt} (after epoch 1)"
 
 
-def test_sigint_at_any_moment_ends_with_interrupted_and_130(tmp_path):
-    """Real SIGINTs at several moments of training (most land in Numba kernels or BLAS)."""
+@pytest.mark.parametrize("numba_cache", ["warm", "cold"])
+def test_sigint_at_any_moment_ends_with_interrupted_and_130(tmp_path, numba_cache):
+    """Real SIGINTs at several moments of training: most land in Numba kernels or BLAS; with a
+    cold cache, in Numba's compiler (whose callbacks from llvmlite drop a KeyboardInterrupt)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "TINYNORM_OFFLINE": "1"}
     env.pop("TINYNORM_DATA", None)
     command = [sys.executable, "-m", "tinynorm.examples.mnist", *QUICK, "--epochs", "50"]
     for delay in (0.05, 0.3, 0.55, 0.8):
+        if numba_cache == "cold":
+            env["NUMBA_CACHE_DIR"] = str(tmp_path / f"numba-{delay}")
         proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
         seen = ""
         while "epoch 1/50" not in seen:  # training has started (tqdm writes to stderr)

@@ -1,7 +1,9 @@
 """The experiments of SPEC §6, each on a tiny subset of the bundled mnist-lite, offline."""
 
 import csv
+import ctypes
 import importlib.util
+import signal
 import sys
 
 import numpy as np
@@ -243,3 +245,19 @@ def test_ctrl_c_anywhere_is_a_clean_interrupt(capsys):
 
     assert common.run_experiment([], lambda argv: None, run, None) == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_ctrl_c_that_python_drops_in_a_callback_still_interrupts(capsys):
+    """A SIGINT that lands in a callback from C (llvmlite's, while Numba compiles) is printed
+    as "unraisable" and dropped by Python; the next step's check_interrupt raises it."""
+    callback = ctypes.CFUNCTYPE(None)(lambda: signal.raise_signal(signal.SIGINT))
+
+    def run(args):
+        callback()
+        assert sys.unraisablehook is not sys.__unraisablehook__  # the interrupt went by
+        common.check_interrupt()
+        return "went on as if nothing happened"
+
+    assert common.run_experiment([], lambda argv: None, run, lambda a, r: r) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
