@@ -60,15 +60,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, repeat: int) -> None:
 def set_threads(threads: int) -> None:
     """Give Numba, OpenMP, MKL and OpenBLAS `threads` threads each, then import tinynorm.
 
-    Must run before NumPy (and so OpenBLAS) is first imported: importing tinynorm first also
-    sets its OPENBLAS_THREAD_TIMEOUT, as in every tinynorm program. PyTorch's count is set by
-    `import_torch`.
+    Must run before NumPy (and so OpenBLAS) is first imported. Importing tinynorm then puts
+    NumPy's BLAS on one thread (tinynorm/threads.py), as in every tinynorm program. PyTorch's
+    count is set by `import_torch`.
     """
     if "numpy" in sys.modules:
         raise RuntimeError("set_threads must run before NumPy is imported")
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
-    import tinynorm  # noqa: F401  (sets OPENBLAS_THREAD_TIMEOUT, then loads NumPy)
+    import tinynorm  # noqa: F401  (loads NumPy, then puts its BLAS on one thread)
 
 
 def import_torch(threads: int, enabled: bool = True) -> ModuleType | None:

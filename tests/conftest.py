@@ -7,9 +7,6 @@ the `@cuda.jit` kernels run (slowly) in Python on any machine; on a GPU machine 
 import os
 import shutil
 
-# before NumPy loads OpenBLAS, as importing tinynorm would do: idle BLAS threads stop spinning
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
 import numpy as np
 import pytest
 

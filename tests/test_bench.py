@@ -88,3 +88,21 @@ def test_kernels_quick_writes_a_table_and_json(tmp_path, with_torch):
     assert all(len(line) == len(header) for line in main)
     measured_on = {(tuple(row["shape"]), row["device"]) for row in rows}
     assert copies[0] == ["shape", "device", "GB/s"] and len(copies) == 2 + len(measured_on)
+
+
+def test_import_order_bench_writes_a_row_per_way(tmp_path):
+    out = tmp_path / "order.json"
+    args = ["--rounds", "1", "--steps", "1", "--batch-size", "4", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "import_order.py"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (table,) = markdown_tables(done.stdout)
+    ways = ["numpy first", "tinynorm first", "numpy first, BLAS on 2 threads"]
+    ways.append("tinynorm first, BLAS on 2 threads, timeout 4")
+    assert [row[0] for row in table[2:]] == ways
+    assert table[3][3] == "1.00"  # tinynorm first is the reference
+    seconds = json.loads(out.read_text())["seconds"]
+    assert list(seconds) == ways and all(len(t) == 1 and t[0] > 0 for t in seconds.values())

@@ -1,12 +1,5 @@
 """tinynorm: a readable deep-learning mini-framework whose norm layers run on Numba kernels."""
 
-import os
-
-# OpenBLAS worker threads spin for ~0.1 s after each matrix product; on a few cores they would
-# then steal the CPUs from the Numba kernels that run next. Make them sleep at once (effective
-# when tinynorm is imported before NumPy, as in every program of this package).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
 import numpy as np
 
 from . import nn, optim
@@ -17,12 +10,15 @@ from .ops import cat
 from .random import manual_seed
 from .serialization import load, save
 from .tensor import Tensor, tensor
+from .threads import get_num_threads, keep_blas_on_one_thread, set_num_threads
 
 float32 = np.dtype("float32")
 float64 = np.dtype("float64")
 int64 = np.dtype("int64")
 
 __version__ = "0.1.0"
+
+keep_blas_on_one_thread()  # the cores are for the Numba kernels: see tinynorm/threads.py
 
 __all__ = [
     "GradcheckError",
@@ -32,6 +28,7 @@ __all__ = [
     "enable_grad",
     "float32",
     "float64",
+    "get_num_threads",
     "gradcheck",
     "int64",
     "is_grad_enabled",
@@ -44,6 +41,7 @@ __all__ = [
     "rand",
     "randn",
     "save",
+    "set_num_threads",
     "tensor",
     "zeros",
 ]

@@ -1,0 +1,52 @@
+"""tinynorm owns the CPU's threads at run time, whatever the script imported first."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numba
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import tinynorm as tn
+
+NUMPY_FIRST = """
+import json, numpy
+from threadpoolctl import threadpool_info
+blas = lambda: sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+before = blas()
+import tinynorm
+print(json.dumps({"before": before, "after": blas()}))
+"""
+
+
+def test_blas_is_on_one_thread_even_when_numpy_was_imported_first():
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    done = subprocess.run(
+        [sys.executable, "-c", NUMPY_FIRST], capture_output=True, text=True, env=env, check=True
+    )
+    threads = json.loads(done.stdout)
+    assert threads["before"], "NumPy's BLAS was not found"
+    assert threads["after"] == [1]
+    if os.cpu_count() > 1:
+        assert max(threads["before"]) > 1  # so the import did change something
+
+
+def test_set_num_threads_sets_numba_and_puts_blas_back_on_one_thread():
+    most = numba.config.NUMBA_NUM_THREADS
+    try:
+        threadpool_limits(limits=2, user_api="blas")  # as a library loaded later might
+        tn.set_num_threads(1)
+        assert tn.get_num_threads() == 1
+        assert {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"} == {1}
+        tn.set_num_threads(most)
+        assert tn.get_num_threads() == most
+    finally:
+        tn.set_num_threads(most)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, "2", True, 10_000])
+def test_set_num_threads_refuses_what_is_not_a_thread_count(bad):
+    with pytest.raises(ValueError, match=r"set_num_threads: expected an int from 1 to \d+"):
+        tn.set_num_threads(bad)
