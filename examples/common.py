@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -221,11 +222,19 @@ def was_interrupted(err: BaseException | None) -> bool:
     return False
 
 
-_ctrl_c = threading.Event()  # set by every SIGINT while `catching_ctrl_c` is active
+_ctrl_c = types.SimpleNamespace(pressed=False)  # set by SIGINT while `catching_ctrl_c` is on
+DEFER_IN = ("numba", "llvmlite")  # an exception raised mid-way corrupts their state (a crash)
 
 
 def _on_sigint(signum, frame) -> None:
-    _ctrl_c.set()
+    """Raise KeyboardInterrupt where the signal landed, unless that is inside Numba's compiler
+    or llvmlite: an exception there left llvmlite objects half-made, and the process crashed
+    (double free) on exit. There it is only remembered, for the next `check_interrupt`."""
+    _ctrl_c.pressed = True
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").partition(".")[0] in DEFER_IN:
+            return
+        frame = frame.f_back
     raise KeyboardInterrupt
 
 
@@ -237,13 +246,13 @@ def _on_unraisable(report) -> None:
 
 @contextlib.contextmanager
 def catching_ctrl_c() -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: a SIGINT that lands in a
-    callback from compiled code (llvmlite's, while Numba compiles a kernel) is printed as
-    "unraisable" and dropped by Python, so `check_interrupt()` at every step raises it then."""
+    """Ctrl-C raises KeyboardInterrupt where it is safe, and is always remembered: inside
+    Numba's compiler it waits for `check_interrupt()` at the next step, and in a callback from
+    C, where Python would print it as "unraisable" and drop it, it is raised from there too."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _ctrl_c.clear()
+    _ctrl_c.pressed = False
     previous = signal.signal(signal.SIGINT, _on_sigint), sys.unraisablehook
     sys.unraisablehook = _on_unraisable
     try:
@@ -254,8 +263,8 @@ def catching_ctrl_c() -> Iterator[None]:
 
 
 def check_interrupt() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C was pressed and its interrupt was dropped."""
-    if _ctrl_c.is_set():
+    """Raise KeyboardInterrupt if Ctrl-C was pressed and has not been raised yet."""
+    if _ctrl_c.pressed:
         raise KeyboardInterrupt
 
 
