@@ -22,9 +22,10 @@ work fused per run while it is in cache (on a GPU: composed from the kernels abo
     combine_runs(dy, x, k, mean, rstd, gamma, w)
                                             its backward: dx, Σ_s dy·w, Σ_s dy·w·(x - mean_run)
 
-and, for the convolution's single GEMM, `im2col` (the window columns of an image batch) and its
-adjoint `col2im`; for max pooling, `max_pool` (values and argmax) and `max_pool_backward`;
-`transpose`, a blocked 2-d transposed copy (batch norm of (N, C) inputs works on the transpose).
+and, for the convolution's GEMMs, `im2col` (each image's window columns) and its adjoint
+`col2im` (on the CPU: serial and without the GIL, the convolution runs them in threads); for
+max pooling, `max_pool` (values and argmax) and `max_pool_backward`; `transpose`, a blocked
+2-d transposed copy (batch norm of (N, C) inputs works on the transpose).
 
 Thread safety: Numba's `workqueue` threading layer aborts the process when two Python threads
 launch parallel kernels at once (`tbb` and `omp` are thread-safe). Under it, and until the layer
@@ -90,13 +91,13 @@ _cpu = SimpleNamespace(
             "column_grad_sums",
             "normalize_runs",
             "combine_runs",
-            "im2col",
-            "col2im",
             "max_pool",
             "max_pool_backward",
             "transpose",
         )
-    }
+    },
+    im2col=cpu.im2col,  # serial: no lock needed
+    col2im=cpu.col2im,
 )
 
 
@@ -291,16 +292,18 @@ def im2col(
     padding: tuple[int, int],
     out=None,
 ):
-    """The convolution's columns: x (N, C, H, W) -> (C·kh·kw, N·OH·OW), zero padding implied;
-    written into `out` (a contiguous array of that shape) when given."""
+    """Each image's convolution columns: x (N, C, H, W) -> (N, C·kh·kw, OH·OW), zero padding
+    implied; written into `out` (a contiguous array of that size) when given. On the CPU it
+    runs on the calling thread without the GIL (the convolution splits the batch between
+    threads)."""
     x = _xp(x).ascontiguousarray(x)
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    shape = (C, kh, kw, N, OH, OW)
+    shape = (N, C, kh, kw, OH, OW)
     cols = _xp(x).empty(shape, x.dtype) if out is None else out.reshape(shape)
     _impl(x).im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols)
-    return cols.reshape(C * kh * kw, N * OH * OW)
+    return cols.reshape(N, C * kh * kw, OH * OW)
 
 
 def col2im(
@@ -311,14 +314,38 @@ def col2im(
     padding: tuple[int, int],
     out=None,
 ):
-    """The adjoint of `im2col`: dcols (C·kh·kw, N·OH·OW) summed back into dx of `shape`
-    (N, C, H, W), overlapping windows adding up; dx is `out` (contiguous) when given."""
+    """The adjoint of `im2col`: dcols (N, C·kh·kw, OH·OW) summed back into dx of `shape`
+    (N, C, H, W), overlapping windows adding up; dx is `out` (contiguous) when given. On the
+    CPU it runs on the calling thread without the GIL."""
     N, C, H, W = shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    cols = _xp(dcols).ascontiguousarray(dcols).reshape(C, kh, kw, N, OH, OW)
+    cols = _xp(dcols).ascontiguousarray(dcols).reshape(N, C, kh, kw, OH, OW)
     dx = _xp(dcols).empty(shape, dcols.dtype) if out is None else out
     return _impl(dcols).col2im(cols, sh, sw, ph, pw, dx)
+
+
+def shifted_rows(xpad, shape: tuple[int, ...], kernel: tuple[int, int], out=None):
+    """A stride-1 convolution's columns from zero-padded images (CPU only): `xpad` holds planes
+    of `shape` (N, C, Hp, Wp) flat, with kw - 1 values to spare at the end; row (c, i, j) of
+    image n's columns is xpad from (n·C + c)·Hp·Wp + i·Wp + j on, for OH·Wp values
+    (OH = Hp - kh + 1). Returns (N, C·kh·kw, OH·Wp), in `out` when given."""
+    N, C, Hp, Wp = shape
+    kh, kw = kernel
+    cols = np.empty((N, C, kh, kw, (Hp - kh + 1) * Wp), xpad.dtype) if out is None else out
+    cols = cols.reshape(N, C, kh, kw, -1)
+    cpu.shifted_rows(xpad, C, Hp * Wp, Wp, cols)
+    return cols.reshape(N, C * kh * kw, -1)
+
+
+def add_shifted_rows(dcols, shape: tuple[int, ...], kernel: tuple[int, int], out):
+    """The adjoint of `shifted_rows` (CPU only): dcols (N, C·kh·kw, OH·Wp) summed back into
+    `out`, the flat padded planes of `shape` (N, C, Hp, Wp) with kw - 1 values to spare
+    (overwritten)."""
+    N, C, Hp, Wp = shape
+    kh, kw = kernel
+    dcols = np.ascontiguousarray(dcols).reshape(N, C, kh, kw, -1)
+    return cpu.add_shifted_rows(dcols, C, Hp * Wp, Wp, out)
 
 
 def max_pool(x, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]):

@@ -245,51 +245,91 @@ def _valid(k, s, p, size, count):
     return lo, max(lo, hi)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
-    """cols[c, i, j, n, oh, ow] = x[n, c, oh·sh + i - ph, ow·sw + j - pw] (0 outside x), for the
-    convolution's single GEMM; `cols` is (C, kh, kw, N, OH, OW). Parallel over the C·kh·kw rows;
-    the in-bounds range of each row is computed once, so the inner loop has no branch."""
+    """cols[n, c, i, j, oh, ow] = x[n, c, oh·sh + i - ph, ow·sw + j - pw] (0 outside x): each
+    image's columns for its own GEMM; `cols` is (N, C, kh, kw, OH, OW). Serial and without the
+    GIL (the convolution gives each thread a range of the batch). Each output row is three
+    branch-free loops: zeros left of the input, the copy, zeros right of it."""
     N, C, H, W = x.shape
-    for k in prange(C * kh * kw):
-        c, i, j = k // (kh * kw), (k // kw) % kh, k % kw
-        h_lo, h_hi = _valid(i, sh, ph, H, OH)
-        w_lo, w_hi = _valid(j, sw, pw, W, OW)
-        block = cols[c, i, j]
-        block[:, :h_lo] = 0
-        block[:, h_hi:] = 0
-        for n in range(N):
-            for oh in range(h_lo, h_hi):
-                src, dst = x[n, c, oh * sh + i - ph], block[n, oh]
-                dst[:w_lo] = 0
-                dst[w_hi:] = 0
-                for ow in range(w_lo, w_hi):
-                    dst[ow] = src[ow * sw + j - pw]
+    for n in range(N):
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    w_lo, w_hi = _valid(j, sw, pw, W, OW)
+                    for oh in range(OH):
+                        h = oh * sh + i - ph
+                        lo, hi = (w_lo, w_hi) if 0 <= h < H else (OW, OW)
+                        dst = cols[n, c, i, j, oh]
+                        # the input row from its first used value on, every sw-th value
+                        src = x[n, c, min(max(h, 0), H - 1), lo * sw + j - pw :: sw]
+                        for ow in range(lo):
+                            dst[ow] = 0
+                        for t in range(hi - lo):  # indices known >= 0: no wraparound check
+                            dst[lo + t] = src[t]
+                        for ow in range(hi, OW):
+                            dst[ow] = 0
     return cols
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def col2im(cols, sh, sw, ph, pw, dx):
-    """The adjoint of `im2col`: dx[n, c, h, w] = Σ cols[c, i, j, n, oh, ow] over the (i, j, oh,
+    """The adjoint of `im2col`: dx[n, c, h, w] = Σ cols[n, c, i, j, oh, ow] over the (i, j, oh,
     ow) with oh·sh + i - ph = h and ow·sw + j - pw = w; `dx` (N, C, H, W) is overwritten.
-    Parallel over the channels, so no two threads add into the same values; each reads its
-    cols[c] sequentially."""
-    C, kh, kw, N, OH, OW = cols.shape
+    Serial and without the GIL, reading cols sequentially."""
+    N, C, kh, kw, OH, OW = cols.shape
     H, W = dx.shape[2:]
-    for c in prange(C):
-        for n in range(N):
-            dx[n, c] = 0
-        for i in range(kh):
-            h_lo, h_hi = _valid(i, sh, ph, H, OH)
-            for j in range(kw):
-                w_lo, w_hi = _valid(j, sw, pw, W, OW)
-                for n in range(N):
-                    plane = dx[n, c]
+    for n in range(N):
+        for c in range(C):
+            plane = dx[n, c]
+            for h in range(H):
+                for w in range(W):
+                    plane[h, w] = 0
+            for i in range(kh):
+                h_lo, h_hi = _valid(i, sh, ph, H, OH)
+                for j in range(kw):
+                    w_lo, w_hi = _valid(j, sw, pw, W, OW)
                     for oh in range(h_lo, h_hi):
-                        src, dst = cols[c, i, j, n, oh], plane[oh * sh + i - ph]
-                        for ow in range(w_lo, w_hi):
-                            dst[ow * sw + j - pw] += src[ow]
+                        src = cols[n, c, i, j, oh, w_lo:]
+                        dst = plane[oh * sh + i - ph, w_lo * sw + j - pw :: sw]
+                        for t in range(w_hi - w_lo):  # indices known >= 0: no wraparound check
+                            dst[t] += src[t]
     return dx
+
+
+@njit(nogil=True, cache=True)
+def shifted_rows(xpad, C, plane, Wp, cols):
+    """cols[n, c, i, j, q] = xpad[(n·C + c)·plane + i·Wp + j + q]: for a stride-1 convolution
+    over zero-padded planes of `plane` = Hp·Wp values, flat in `xpad`, row (c, i, j) of image
+    n's columns is one contiguous run (see `tinynorm.ops.conv`); `cols` is (N, C, kh, kw, Q).
+    Serial and without the GIL."""
+    N, _, kh, kw, Q = cols.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    start = (n * C + c) * plane + i * Wp + j
+                    src, dst = xpad[start : start + Q], cols[n, c, i, j]
+                    for q in range(Q):  # indices known >= 0: no wraparound check, SIMD
+                        dst[q] = src[q]
+    return cols
+
+
+@njit(nogil=True, cache=True)
+def add_shifted_rows(dcols, C, plane, Wp, dxpad):
+    """The adjoint of `shifted_rows`: dxpad (overwritten) = Σ over (n, c, i, j, q) of dcols[n,
+    c, i, j, q] added at (n·C + c)·plane + i·Wp + j + q. Serial and without the GIL."""
+    N, _, kh, kw, Q = dcols.shape
+    dxpad[:] = 0
+    for n in range(N):
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    start = (n * C + c) * plane + i * Wp + j
+                    dst, src = dxpad[start : start + Q], dcols[n, c, i, j]
+                    for q in range(Q):
+                        dst[q] += src[q]
+    return dxpad
 
 
 @njit(parallel=True, cache=True)
@@ -297,30 +337,35 @@ def max_pool(x, kh, kw, sh, sw, ph, pw, y, arg):
     """y[n, c, oh, ow] = max of the window at (oh·sh - ph, ow·sw - pw) (positions outside x
     excluded, as if padded with -inf; a NaN is the maximum); arg = the window offset i·kw + j
     of the first maximum.
-    Parallel over the (n, c) planes."""
+    Parallel over the (n, c) planes; each window's in-bounds rows and columns are computed
+    once (`_valid`), so the scan has no bounds test."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2:]
     for p in prange(N * C):
         n, c = p // C, p % C
-        plane = x[n, c]
+        plane, out, where = x[n, c], y[n, c], arg[n, c]
         for oh in range(OH):
+            i_lo, i_hi = _window(oh, sh, ph, kh, H)
             for ow in range(OW):
-                best = -np.inf
-                where = -1
-                for i in range(kh):
-                    h = oh * sh + i - ph
-                    if 0 <= h < H:
-                        for j in range(kw):
-                            w = ow * sw + j - pw
-                            # the first in-bounds value starts; a NaN wins and stays (PyTorch)
-                            if 0 <= w < W and (
-                                where < 0 or (best == best and not plane[h, w] <= best)
-                            ):
-                                best = plane[h, w]
-                                where = i * kw + j
-                y[n, c, oh, ow] = best
-                arg[n, c, oh, ow] = where
+                j_lo, j_hi = _window(ow, sw, pw, kw, W)
+                h0, w0 = oh * sh - ph, ow * sw - pw
+                best, at = plane[h0 + i_lo, w0 + j_lo], i_lo * kw + j_lo
+                for i in range(i_lo, i_hi):
+                    row = plane[h0 + i]
+                    for j in range(j_lo, j_hi):
+                        v = row[w0 + j]
+                        if best == best and not v <= best:  # a NaN wins and stays (PyTorch)
+                            best, at = v, i * kw + j
+                out[oh, ow] = best
+                where[oh, ow] = at
     return y
+
+
+@njit(cache=True)
+def _window(o, s, p, k, size):
+    """The offsets [lo, hi) of output o's window (start o·s - p) that fall inside [0, size)."""
+    start = o * s - p
+    return max(0, -start), min(k, size - start)
 
 
 @njit(parallel=True, cache=True)
@@ -330,12 +375,12 @@ def max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx):
     N, C, OH, OW = dy.shape
     for p in prange(N * C):
         n, c = p // C, p % C
-        plane = dx[n, c]
+        plane, grad, where = dx[n, c], dy[n, c], arg[n, c]
         plane[:] = 0
         for oh in range(OH):
             for ow in range(OW):
-                a = arg[n, c, oh, ow]
-                plane[oh * sh + a // kw - ph, ow * sw + a % kw - pw] += dy[n, c, oh, ow]
+                a = where[oh, ow]
+                plane[oh * sh + a // kw - ph, ow * sw + a % kw - pw] += grad[oh, ow]
     return dx
 
 

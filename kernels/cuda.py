@@ -216,19 +216,19 @@ def column_grad_sums(dy, x, center, scale):
 
 @cuda.jit
 def _im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
-    """One thread per element of cols (C, kh, kw, N, OH, OW), consecutive threads along ow."""
+    """One thread per element of cols (N, C, kh, kw, OH, OW), consecutive threads along ow."""
     t = cuda.grid(1)
     N, C, H, W = x.shape
-    if t >= C * kh * kw * N * OH * OW:
+    if t >= N * C * kh * kw * OH * OW:
         return
     ow = t % OW
     oh = (t // OW) % OH
-    n = (t // (OW * OH)) % N
-    j = (t // (OW * OH * N)) % kw
-    i = (t // (OW * OH * N * kw)) % kh
-    c = t // (OW * OH * N * kw * kh)
+    j = (t // (OW * OH)) % kw
+    i = (t // (OW * OH * kw)) % kh
+    c = (t // (OW * OH * kw * kh)) % C
+    n = t // (OW * OH * kw * kh * C)
     h, w = oh * sh + i - ph, ow * sw + j - pw
-    cols[c, i, j, n, oh, ow] = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else 0
+    cols[n, c, i, j, oh, ow] = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else 0
 
 
 @cuda.jit
@@ -236,7 +236,7 @@ def _col2im(cols, sh, sw, ph, pw, dx):
     """One thread per element of dx (N, C, H, W): it gathers the window entries that came from
     its position (no atomics needed)."""
     t = cuda.grid(1)
-    C, kh, kw, N, OH, OW = cols.shape
+    N, C, kh, kw, OH, OW = cols.shape
     H, W = dx.shape[2:]
     if t >= N * C * H * W:
         return
@@ -253,7 +253,7 @@ def _col2im(cols, sh, sw, ph, pw, dx):
                     if (w + pw - j) % sw == 0:
                         ow = (w + pw - j) // sw
                         if 0 <= ow < OW:
-                            total += cols[c, i, j, n, oh, ow]
+                            total += cols[n, c, i, j, oh, ow]
     dx[n, c, h, w] = total
 
 

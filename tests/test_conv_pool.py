@@ -69,21 +69,36 @@ def test_conv2d_matches_naive_and_gradcheck(rng, x_shape, w_shape, stride, paddi
     assert tn.gradcheck(lambda *t: conv2d(*t, stride=stride, padding=padding), inputs)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("images_per_chunk", [1, 2, 4])
-def test_conv2d_in_batch_chunks(rng, monkeypatch, images_per_chunk):
-    """On the CPU the batch runs in chunks whose columns fit COLUMN_BYTES: with 1, 2 and 4
-    images a chunk (5 images: a partial last chunk) values and gradients stay exact."""
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_in_shares_and_chunks(rng, monkeypatch, images_per_chunk, threads, stride):
+    """On the CPU each thread takes a share of the batch, in chunks whose columns fit
+    COLUMN_BYTES: with 1 and 2 threads, 1, 2 and 4 images a chunk (5 images: partial chunks),
+    and both column layouts (stride 1: shifted rows; stride 2: im2col), values and gradients
+    stay exact, and the columns are made the expected number of times."""
+    from tinynorm import kernels
     from tinynorm.ops import conv
 
     x, w, b = leaf(rng, 5, 2, 6, 5), leaf(rng, 3, 2, 3, 3), leaf(rng, 3)
-    column_bytes = 2 * 3 * 3 * 6 * 5 * 8  # one image's columns in float64 (padding 1)
-    monkeypatch.setattr(conv, "COLUMN_BYTES", images_per_chunk * column_bytes)
-    assert len(conv.batch_chunks(x.data, column_bytes)) == -(-5 // images_per_chunk)
-    expected = naive_conv2d(x.data, w.data, b.data, (1, 1), (1, 1))
-    np.testing.assert_allclose(conv2d(x, w, b, padding=1).data, expected, rtol=1e-12)
-    assert tn.gradcheck(lambda *t: conv2d(*t, padding=1), [x, w, b])
-    frozen = tn.tensor(w.data)  # only dx wanted: its chunks need no columns
-    assert tn.gradcheck(lambda x: conv2d(x, frozen, padding=1), [x])
+    width = 6 * 7 if stride == 1 else 3 * 3  # columns of an image (shifted rows: Wp = 7 a row)
+    monkeypatch.setattr(conv, "COLUMN_BYTES", images_per_chunk * 2 * 3 * 3 * width * 8)
+    made = []
+    layout = "shifted_rows" if stride == 1 else "im2col"
+    original = getattr(kernels, layout)
+    monkeypatch.setattr(kernels, layout, lambda *a: made.append(a) or original(*a))
+    previous = tn.get_num_threads()
+    tn.set_num_threads(threads)
+    try:
+        expected = naive_conv2d(x.data, w.data, b.data, (stride, stride), (1, 1))
+        np.testing.assert_allclose(conv2d(x, w, b, stride, 1).data, expected, rtol=1e-12)
+        shares = [3, 2] if threads == 2 else [5]
+        assert len(made) == sum(-(-n // images_per_chunk) for n in shares)
+        assert tn.gradcheck(lambda *t: conv2d(*t, stride=stride, padding=1), [x, w, b])
+        frozen = tn.tensor(w.data)  # only dx wanted: its chunks need no columns
+        assert tn.gradcheck(lambda x: conv2d(x, frozen, stride=stride, padding=1), [x])
+    finally:
+        tn.set_num_threads(previous)
 
 
 def test_conv2d_gradient_only_where_asked(rng):

@@ -848,16 +848,16 @@ conv_param = pytest.mark.parametrize(("shape", "kernel", "stride", "padding"), C
 
 
 def ref_im2col(x, kernel, stride, padding):
-    """Row (c, i, j), column (n, h, w) = x[n, c, h·sh + i - ph, w·sw + j - pw], by loops."""
+    """Image n, row (c, i, j), column (h, w) = x[n, c, h·sh + i - ph, w·sw + j - pw], by loops."""
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    cols = np.zeros((C, kh, kw, N, OH, OW), x.dtype)
-    for c, i, j, n, h, w in np.ndindex(cols.shape):
+    cols = np.zeros((N, C, kh, kw, OH, OW), x.dtype)
+    for n, c, i, j, h, w in np.ndindex(cols.shape):
         y, z = h * sh + i - ph, w * sw + j - pw
         if 0 <= y < H and 0 <= z < W:
-            cols[c, i, j, n, h, w] = x[n, c, y, z]
-    return cols.reshape(C * kh * kw, N * OH * OW)
+            cols[n, c, i, j, h, w] = x[n, c, y, z]
+    return cols.reshape(N, C * kh * kw, OH * OW)
 
 
 @conv_param
@@ -889,15 +889,45 @@ def test_cuda_im2col_and_col2im_match_cpu(rng, shape, kernel, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, W = shape
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    cols = np.empty((C, kh, kw, N, OH, OW), np.float32)
+    cols = np.empty((N, C, kh, kw, OH, OW), np.float32)
     gpu.im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols)
     expected = kernels.im2col(x, kernel, stride, padding)  # the CPU kernel
     np.testing.assert_array_equal(cols.reshape(expected.shape), expected)
     d = rng.standard_normal(cols.shape).astype(np.float32)
     dx = np.empty(shape, np.float32)
     gpu.col2im(d, sh, sw, ph, pw, dx)
-    expected = kernels.col2im(d.reshape(C * kh * kw, -1), shape, kernel, stride, padding)
+    expected = kernels.col2im(d.reshape(N, C * kh * kw, -1), shape, kernel, stride, padding)
     np.testing.assert_allclose(dx, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "padding"),
+    [
+        ((2, 3, 7, 5), (3, 3), (1, 1)),
+        ((1, 2, 6, 9), (2, 5), (0, 2)),
+        ((3, 1, 4, 4), (4, 4), (0, 0)),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cpu_shifted_rows_are_im2col_with_extra_columns(rng, shape, kernel, padding, dtype):
+    """Stride 1: the shifted rows of the padded planes hold im2col's columns at the positions
+    ow < OW of each output row (the rest are dropped by the convolution), and add_shifted_rows
+    is their adjoint."""
+    (N, C, H, W), (kh, kw), (ph, pw) = shape, kernel, padding
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    OH, OW = Hp - kh + 1, Wp - kw + 1
+    x = rng.standard_normal(shape).astype(dtype)
+    flat = np.zeros(N * C * Hp * Wp + kw - 1, dtype)
+    flat[: N * C * Hp * Wp].reshape(N, C, Hp, Wp)[:, :, ph : ph + H, pw : pw + W] = x
+    cols = kernels.shifted_rows(flat, (N, C, Hp, Wp), kernel)
+    assert cols.shape == (N, C * kh * kw, OH * Wp)
+    kept = cols.reshape(N, -1, OH, Wp)[..., :OW].reshape(N, -1, OH * OW)
+    np.testing.assert_array_equal(kept, ref_im2col(x, kernel, (1, 1), padding))
+    d = rng.standard_normal(cols.shape).astype(dtype)
+    back = kernels.add_shifted_rows(d, (N, C, Hp, Wp), kernel, np.full_like(flat, np.nan))
+    lhs = (cols.astype(np.float64) * d).sum()  # <shifted_rows(v), d> = <v, add_shifted_rows(d)>
+    np.testing.assert_allclose(lhs, (flat.astype(np.float64) * back).sum(), rtol=TOL[dtype] * 10)
 
 
 # ---- max pooling: values with argmax, and the gradient scatter -------------------------------

@@ -4,12 +4,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numba
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import tinynorm as tn
+from tinynorm import threads
 
 NUMPY_FIRST = """
 import json, numpy
@@ -50,3 +53,33 @@ def test_set_num_threads_sets_numba_and_puts_blas_back_on_one_thread():
 def test_set_num_threads_refuses_what_is_not_a_thread_count(bad):
     with pytest.raises(ValueError, match=r"set_num_threads: expected an int from 1 to \d+"):
         tn.set_num_threads(bad)
+
+
+@pytest.mark.parametrize(("count", "parts"), [(5, 2), (2, 4), (7, 3), (1, 1), (0, 2)])
+def test_split_cuts_a_range_into_near_equal_slices(count, parts):
+    slices = threads.split(count, parts)
+    assert [i for s in slices for i in range(count)[s]] == list(range(count))
+    lengths = [s.stop - s.start for s in slices]
+    assert len(slices) == max(1, min(parts, count)) and max(lengths) - min(lengths) <= 1
+
+
+def test_parallel_map_runs_every_task_on_threads_and_keeps_the_order():
+    names = threads.parallel_map(lambda i: (i, threading.current_thread().name), range(4))
+    assert [i for i, _ in names] == [0, 1, 2, 3]
+    assert names[0][1] == threading.current_thread().name  # the first runs on the caller
+    assert all(name.startswith("tinynorm") for _, name in names[1:])
+
+
+def test_parallel_map_raises_a_task_error_after_every_task_ended():
+    ended = []
+
+    def task(i):
+        time.sleep(0.05 * i)
+        ended.append(i)
+        if i == 1:
+            raise ArithmeticError("task 1 failed")
+        return i
+
+    with pytest.raises(ArithmeticError, match="task 1 failed"):
+        threads.parallel_map(task, range(3))
+    assert sorted(ended) == [0, 1, 2]

@@ -15,9 +15,12 @@ import numbers
 import operator
 from collections.abc import Sequence
 
-from .. import backend, kernels
+import numpy as np
+
+from .. import backend, kernels, threads
 from ..autograd import Function
 from ..tensor import Tensor
+from ..threads import get_num_threads
 from .norm import check_dtype
 
 
@@ -61,73 +64,132 @@ def output_size(
     return (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
 
 
-COLUMN_BYTES = 2 << 20  # the columns of one chunk of the batch on the CPU: they stay in cache
-
-
-def batch_chunks(x, column_bytes: int) -> list[slice]:
-    """The batch cut into runs of images whose columns take at most COLUMN_BYTES (at least one
-    image a run) on the CPU, so each chunk's im2col, GEMM and col2im work in cache; one run on
-    the GPU, where a single large GEMM is best."""
-    N = x.shape[0]
-    step = N if backend.is_cupy(x) else max(1, COLUMN_BYTES // column_bytes)
-    return [slice(a, min(a + step, N)) for a in range(0, N, step)]
+COLUMN_BYTES = 1 << 20  # the columns of one thread's chunk of images on the CPU: they stay in L2
 
 
 class Conv2d(Function):
     """y[n, o] = Σ_{c,i,j} W[o, c, i, j] · x_pad[n, c, h·sh + i, w·sw + j] + b[o].
 
-    With W₂ = W as (O, C·kh·kw), and for each chunk of the batch cols = im2col(x) (C·kh·kw,
-    n·OH·OW) and Y, dY as (O, n·OH·OW):
-    Y = W₂ cols + b;  dW₂ = Σ_chunks dY colsᵀ;  dcols = W₂ᵀ dY, then dx = col2im(dcols);
-    db = Σ dY. The backward recomputes each chunk's columns (cheaper than keeping all of them:
-    at batch 128 they would be 40 MB for a 16-channel 14×14 input, far out of cache).
+    Per image n, with cols_n its columns (C·kh·kw, OH·Wq), W₂ = W as (O, C·kh·kw) and Y_n,
+    dY_n as (O, OH·Wq):
+    Y_n = W₂ cols_n + b;  dW₂ᵀ = Σ_n cols_n dY_nᵀ;  dx_n = adjoint(W₂ᵀ dY_n);  db = Σ dY.
+    Two column layouts share this: `im2col` (any stride; Wq = OW) and, for stride 1 on the CPU,
+    shifted rows of the zero-padded image (Wq = Wp = W + 2·pw): row (c, i, j) of cols_n is the
+    flat padded plane c from i·Wp + j on, one contiguous copy instead of OH short ones, at the
+    price of Wp - OW extra columns per output row, which the forward drops and the backward
+    sets to zero. Y_n lands in y's (N, O, OH, OW) layout, so nothing is transposed.
+
+    On the CPU each of `get_num_threads()` threads takes a share of the batch
+    (`threads.parallel_map`), in chunks whose columns stay in its cache, with serial kernels
+    and one-thread BLAS; the backward recomputes the columns (cheaper than keeping them: 40 MB
+    for a 16-channel 14×14 input at batch 128). On the GPU the whole batch is one chunk.
     """
 
     def forward(self, x, weight, bias, *, stride, padding):
         xp = backend.get_array_module(x)
         N, (O, _, kh, kw) = x.shape[0], weight.shape
-        OH, OW = output_size("conv2d", x.shape, (kh, kw), stride, padding)
-        x = xp.ascontiguousarray(x)  # so each chunk x[a:b] is a contiguous view
-        self.x, self.weight, self.stride, self.padding = x, weight, stride, padding
-        self.per_image = weight[0].size * OH * OW  # column entries of one image
-        self.parts = batch_chunks(x, self.per_image * x.itemsize)
-        w2 = weight.reshape(O, -1)
+        self.out = output_size("conv2d", x.shape, (kh, kw), stride, padding)
+        self.x = xp.ascontiguousarray(x)  # so each chunk x[a:b] is a contiguous view
+        self.weight, self.stride, self.padding = weight, stride, padding
+        self.shifted = stride == (1, 1) and not kernels.on_gpu(x)
+        (OH, OW), (H, W), (ph, pw) = self.out, x.shape[2:], padding
+        self.plane = (H + 2 * ph, W + 2 * pw) if self.shifted else (H, W)
+        self.width = OH * (self.plane[1] if self.shifted else OW)  # columns of one image
         y = xp.empty((N, O, OH, OW), x.dtype)
-        for part, cols in self.columns():
-            yc = w2 @ cols
+        w2 = weight.reshape(O, -1)
+
+        def share(images: slice) -> None:
+            for part, cols in self.columns(images):
+                y[part] = xp.matmul(w2, cols).reshape(-1, O, OH, self.width // OH)[..., :OW]
             if bias is not None:
-                yc += bias[:, None]
-            y[part] = yc.reshape(O, -1, OH, OW).transpose(1, 0, 2, 3)
+                y[images] += bias[:, None, None]
+
+        threads.parallel_map(share, self.shares())
         return y
 
-    def columns(self):
-        """(chunk, its im2col columns) over the batch, in one reused buffer."""
-        x, kernel = self.x, self.weight.shape[2:]
-        largest = self.parts[0].stop  # the first chunk is a largest one
-        buffer = backend.get_array_module(x).empty(self.per_image * largest, x.dtype)
-        for part in self.parts:
-            size = self.per_image * (part.stop - part.start)
-            yield part, kernels.im2col(x[part], kernel, self.stride, self.padding, buffer[:size])
+    def shares(self) -> list[slice]:
+        """The batch cut into one share per thread (one share on the GPU)."""
+        N = self.x.shape[0]
+        return [slice(0, N)] if kernels.on_gpu(self.x) else threads.split(N, get_num_threads())
+
+    def chunks(self, images: slice) -> list[slice]:
+        """A share of the batch cut into chunks whose columns take at most COLUMN_BYTES (at
+        least one image a chunk); one chunk on the GPU."""
+        per_image = self.weight[0].size * self.width * self.x.itemsize
+        step = images.stop if kernels.on_gpu(self.x) else max(1, COLUMN_BYTES // per_image)
+        return [
+            slice(a, min(a + step, images.stop)) for a in range(images.start, images.stop, step)
+        ]
+
+    def padded(self, n: int):
+        """A zeroed buffer for n padded images (n, C, Hp·Wp), with kw - 1 values to spare: the
+        last row of shifted columns reads that far past the last plane (into dropped columns)."""
+        C, kw = self.x.shape[1], self.weight.shape[3]
+        flat = np.zeros(n * C * self.plane[0] * self.plane[1] + kw - 1, self.x.dtype)
+        return flat, flat[: flat.size - kw + 1].reshape(n, C, *self.plane)
+
+    def columns(self, images: slice):
+        """(chunk, its columns (n, C·kh·kw, width)) over a share of the batch, in one buffer."""
+        parts, kernel = self.chunks(images), self.weight.shape[2:]
+        largest = parts[0].stop - parts[0].start  # the first chunk is a largest one
+        xp = backend.get_array_module(self.x)
+        buffer = xp.empty(self.weight[0].size * self.width * largest, self.x.dtype)
+        if self.shifted:
+            (ph, pw), (H, W) = self.padding, self.x.shape[2:]
+            flat, planes = self.padded(largest)
+        for part in parts:
+            n = part.stop - part.start
+            cols = buffer[: self.weight[0].size * self.width * n]
+            if self.shifted:
+                planes[:n, :, ph : ph + H, pw : pw + W] = self.x[part]
+                yield part, kernels.shifted_rows(flat, planes[:n].shape, kernel, cols)
+            else:
+                yield part, kernels.im2col(self.x[part], kernel, self.stride, self.padding, cols)
 
     def backward(self, grad):
         xp = backend.get_array_module(grad)
         x, weight, O = self.x, self.weight, grad.shape[1]
+        grad = xp.ascontiguousarray(grad)
         need_x, need_w, need_b = self.needs_input_grad
         w2 = weight.reshape(O, -1)
-        dw = xp.zeros_like(w2) if need_w else None
         dx = xp.empty_like(x) if need_x else None
-        chunks = self.columns() if need_w else ((p, None) for p in self.parts)
-        for part, cols in chunks:
-            g2 = grad[part].transpose(1, 0, 2, 3).reshape(O, -1)
-            if need_w:
-                dw += g2 @ cols.T
-            if need_x:  # in chunks too, so that dcols stays in cache
-                kernel = weight.shape[2:]
-                kernels.col2im(
-                    w2.T @ g2, x[part].shape, kernel, self.stride, self.padding, out=dx[part]
-                )
+
+        def share(images: slice):
+            dw_t = xp.zeros(w2.shape[::-1], w2.dtype) if need_w else None  # dW₂ᵀ
+            chunks = self.columns(images) if need_w else ((p, None) for p in self.chunks(images))
+            for part, cols in chunks:
+                g = self.widened(grad[part])
+                if need_w:  # Σ cols_n dY_nᵀ runs faster than Σ dY_n cols_nᵀ in BLAS
+                    dw_t += (cols @ g.swapaxes(1, 2)).sum(axis=0)
+                if need_x:
+                    self.adjoint(xp.matmul(w2.T, g), dx[part])
+            return dw_t
+
+        dws = threads.parallel_map(share, self.shares())
+        dw = sum(dws).T.reshape(weight.shape) if need_w else None
         db = grad.sum(axis=(0, 2, 3)) if need_b else None
-        return dx, (dw.reshape(weight.shape) if need_w else None), db
+        return dx, dw, db
+
+    def widened(self, g):
+        """dY of a chunk (n, O, OH, OW) as (n, O, width): zeros in the shifted rows' extra
+        columns."""
+        n, O, OH, OW = g.shape
+        if not self.shifted:
+            return g.reshape(n, O, self.width)
+        wide = np.zeros((n, O, OH, self.plane[1]), g.dtype)
+        wide[..., :OW] = g
+        return wide.reshape(n, O, self.width)
+
+    def adjoint(self, dcols, dx) -> None:
+        """dx (a chunk's input gradient, overwritten) from its columns' gradient."""
+        kernel = self.weight.shape[2:]
+        if not self.shifted:
+            kernels.col2im(dcols, dx.shape, kernel, self.stride, self.padding, out=dx)
+            return
+        (ph, pw), (H, W) = self.padding, dx.shape[2:]
+        flat, planes = self.padded(dx.shape[0])
+        kernels.add_shifted_rows(dcols, planes.shape, kernel, flat)
+        dx[...] = planes[:, :, ph : ph + H, pw : pw + W]
 
 
 def conv2d(
