@@ -1,392 +1,431 @@
-"""One training step of the main job's MNIST CNN on the CPU: tinynorm against PyTorch, and
-where tinynorm's time goes.
+"""Training and inference speed of two CNNs on the CPU: tinynorm against PyTorch, each framework
+in its own processes, and where tinynorm's training step spends its time.
 
-    python bench/train.py [--norm bn] [--threads 2] [--repeat 20] [--batch-size 128]
-                          [--quick] [--no-torch] [--json PATH]
+    python bench/train.py [--rounds 3] [--steps 20] [--threads 2] [--models main,cnn]
+                          [--norms bn,gn] [--torch-python PATH] [--no-torch] [--quick]
+                          [--json PATH]
 
-The model is `build_model` of `python -m tinynorm.examples.mnist` (conv → norm → ReLU → pool,
-twice, then a linear classifier; default width), float32, trained as the main job trains it:
-cross-entropy loss, SGD with Nesterov momentum 0.9, lr 0.02 and weight decay 5e-4. One step
-is forward, loss, zero_grad, backward and the optimizer step, on a fixed random batch of MNIST
-shape (N, 1, 28, 28) with random labels.
+Models (float32, 1×28×28 inputs, 10 classes; the same layers and indices in both frameworks):
+- `main`: the main job's CNN (`build_model` of `python -m tinynorm.examples.mnist`): conv 5×5
+  1→16, norm, ReLU, max-pool 2, conv 5×5 16→32, norm, ReLU, max-pool 2, linear 1568→10;
+  its norms: BatchNorm2d (`bn`) or the main job's GroupNorm(4) (`gn`);
+- `cnn`: conv 3×3 1→32, norm, ReLU, max-pool 2, conv 3×3 32→64, norm, ReLU, max-pool 2,
+  linear 3136→128, norm, ReLU, linear 128→10; norms BatchNorm2d/BatchNorm1d (`bn`) or
+  GroupNorm(8) (`gn`).
 
-The first table gives the median step time, images per second and the time as a ratio to
-PyTorch's: the same architecture built from `torch.nn`, with tinynorm's initial weights copied
-in through its state_dict, the same data and optimizer settings, on the same thread count
-(when PyTorch is installed, and for the norms PyTorch has: bn, ln, in, gn, none). The loss of
-the first step of each shows that both compute the same function.
+Rows, for each model and norm:
+- `train`: one step as the main job trains: forward, cross-entropy, zero_grad, backward and
+  SGD (Nesterov momentum 0.9, lr 0.02, weight decay 5e-4), batch 128, on a fixed random batch;
+- `infer`: the eval-mode forward of a batch of 1000 without a graph; in the BN models each
+  conv or linear layer and the batch norm after it are fused first (tinynorm's `fuse_conv_bn`
+  and `fuse_linear_bn`, PyTorch's `fuse_conv_bn_eval` and `fuse_linear_bn_eval`).
 
-The second table splits one tinynorm step into categories, timed over `--repeat` steps by
-wrapping the ops' methods (see `StepProfile`): conv, norm, pooling, activation, loss, linear,
-other ops (reshapes), optimizer (zero_grad + step), and autograd bookkeeping — the rest: the
-modules' calls, building the graph, the topological walk and the accumulation of gradients.
+Each measurement is a fresh process that imports NumPy first and then its framework (what a
+user's script does), times 3 warm-up and then `--steps` steps and reports their median; the
+two frameworks alternate, `--rounds` processes each, and a row gives the median over processes,
+their range and tinynorm's ratio to PyTorch. Both start from the same weights (tinynorm's
+initialization, saved to an .npz), so the first training losses agree. PyTorch runs in
+`--torch-python` (default: this interpreter), as it is only ever a point of comparison.
+A last tinynorm process per model and norm splits the training step by category
+(`step_profile.StepProfile`).
+
+Run it alone on the machine, with the host's OpenBLAS overrides unset as a user's machine has
+none: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/train.py ...`.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import common
 
-CATEGORIES = ("conv", "norm", "pooling", "activation", "loss", "linear", "other ops", "optimizer")
-BOOKKEEPING = "autograd bookkeeping"
-TORCH_NORMS = ("bn", "ln", "in", "gn", "none")  # the --norm choices with a torch.nn counterpart
-TOTAL_STEPS = 469  # the length of the norms' schedules (batch renorm): one epoch of MNIST at 128
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_common_arguments(parser, repeat=20)
-    parser.add_argument(
-        "--norm", default="bn", help="the main job's --norm (bn, ln, gn, in, none, ...; default bn)"
-    )
-    parser.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    return parser.parse_args(argv)
-
-
-ARGS = parse_args()
-common.set_threads(ARGS.threads)
-
-import numpy as np  # noqa: E402  (after set_threads)
-from tinynorm.examples.mnist import NORMS, build_model  # noqa: E402
-
-import tinynorm as tn  # noqa: E402
-import tinynorm.nn.functional as F  # noqa: E402
-from tinynorm.autograd import Function  # noqa: E402
-from tinynorm.nn import normalization as norm_layers  # noqa: E402
-from tinynorm.nn.module import Module  # noqa: E402
-from tinynorm.ops.conv import Conv2d  # noqa: E402
-from tinynorm.ops.elementwise import ReLU  # noqa: E402
-from tinynorm.ops.matmul import Linear, MatMul  # noqa: E402
-from tinynorm.ops.norm import Normalize, NormalizeRuns  # noqa: E402
-from tinynorm.ops.norm_mixed import MixedNormalize, SwitchableNormalize  # noqa: E402
-from tinynorm.ops.pool import AvgPool2d, MaxPool2d  # noqa: E402
-from tinynorm.ops.softmax import CrossEntropy  # noqa: E402
-from tinynorm.ops.weight_norm import WeightNorm  # noqa: E402
-
-torch = common.import_torch(ARGS.threads, enabled=not ARGS.no_torch)
-
-REPEAT = 3 if ARGS.quick else ARGS.repeat
+HERE = Path(__file__).resolve().parent
+MODELS = ("main", "cnn")
+NORMS = ("bn", "gn")
+MODES = ("train", "infer")
+TRAIN_BATCH, INFER_BATCH = 128, 1000
 LR, MOMENTUM, WEIGHT_DECAY = 0.02, 0.9, 5e-4  # the main job's SGD
+WARMUP = 3
 
-OP_CATEGORY: dict[type[Function], str] = {
-    Conv2d: "conv",
-    Normalize: "norm",
-    NormalizeRuns: "norm",
-    MixedNormalize: "norm",
-    SwitchableNormalize: "norm",
-    WeightNorm: "norm",
-    MaxPool2d: "pooling",
-    AvgPool2d: "pooling",
-    ReLU: "activation",
-    CrossEntropy: "loss",
-    Linear: "linear",
-    MatMul: "linear",
+# (layer, arguments) in order; "norm" becomes the model's norm for that many channels
+LAYERS = {
+    "main": [
+        ("Conv2d", (1, 16, 5), {"padding": 2}),
+        ("norm", (16,), {}),
+        ("ReLU", (), {}),
+        ("MaxPool2d", (2,), {}),
+        ("Conv2d", (16, 32, 5), {"padding": 2}),
+        ("norm", (32,), {}),
+        ("ReLU", (), {}),
+        ("MaxPool2d", (2,), {}),
+        ("Flatten", (), {}),
+        ("Linear", (32 * 7 * 7, 10), {}),
+    ],
+    "cnn": [
+        ("Conv2d", (1, 32, 3), {"padding": 1}),
+        ("norm", (32,), {}),
+        ("ReLU", (), {}),
+        ("MaxPool2d", (2,), {}),
+        ("Conv2d", (32, 64, 3), {"padding": 1}),
+        ("norm", (64,), {}),
+        ("ReLU", (), {}),
+        ("MaxPool2d", (2,), {}),
+        ("Flatten", (), {}),
+        ("Linear", (64 * 7 * 7, 128), {}),
+        ("norm1d", (128,), {}),
+        ("ReLU", (), {}),
+        ("Linear", (128, 10), {}),
+    ],
 }
+GROUPS = {"main": 4, "cnn": 8}  # GroupNorm's groups: the main job's 4; the issue's CNN's 8
 
 
-def op_category(op: type[Function]) -> str:
-    """The category of an op class (through its base classes), "other ops" when unlisted."""
-    return next((OP_CATEGORY[c] for c in op.__mro__ if c in OP_CATEGORY), "other ops")
-
-
-def subclasses(cls: type) -> Iterator[type]:
-    """Every subclass of `cls`, recursively."""
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from subclasses(sub)
-
-
-_MISSING = object()
-
-
-class StepProfile:
-    """Wall time per category while active (a context manager), by wrapping methods.
-
-    Wrapped: `forward` and `backward` of every `Function` subclass (their category from
-    `OP_CATEGORY`), the whole `forward` of the norm layers (they compute their batch
-    statistics and update their running estimates before calling their fused op, so all of
-    it counts as norm), and the optimizer's `zero_grad` and `step`. Only the outermost wrapped
-    call is timed, so an op run inside a norm layer's forward counts as norm; and the backward
-    of a node counts in the category its forward counted in. Everything else in the step is
-    autograd bookkeeping. The wrappers cost about a microsecond per call, which lands there.
-    """
-
-    def __init__(self, optimizer: tn.optim.Optimizer):
-        self.seconds = dict.fromkeys(CATEGORIES, 0.0)
-        self.names: dict[str, set[str]] = {c: set() for c in CATEGORIES}
-        self._optimizer = optimizer
-        self._active: str | None = None
-        self._saved: list[tuple[Any, str, Any]] = []
-
-    def __enter__(self) -> StepProfile:
-        for op in subclasses(Function):
-            if "forward" in vars(op):
-                self._patch(op, "forward", self._op_forward(op.forward, op))
-            if "backward" in vars(op):
-                self._patch(op, "backward", self._op_backward(op.backward, op))
-        for layer in vars(norm_layers).values():
-            if (
-                isinstance(layer, type)
-                and issubclass(layer, Module)
-                and layer.__module__ == norm_layers.__name__
-                and "forward" in vars(layer)
-            ):
-                self._patch(layer, "forward", self._layer_forward(layer.forward))
-        for name in ("zero_grad", "step"):
-            self._patch(self._optimizer, name, self._optimizer_method(name))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for owner, name, original in reversed(self._saved):
-            if original is _MISSING:
-                delattr(owner, name)
+def build(nn: Any, model: str, norm: str) -> Any:
+    """`model` with `norm` from the module namespace `nn` (tinynorm.nn or torch.nn)."""
+    layers = []
+    for name, args, kwargs in LAYERS[model]:
+        if name.startswith("norm"):
+            if norm == "gn":
+                layers.append(nn.GroupNorm(GROUPS[model], *args))
             else:
-                setattr(owner, name, original)
-        self._saved.clear()
-
-    def _patch(self, owner: Any, name: str, replacement: Callable) -> None:
-        self._saved.append((owner, name, vars(owner).get(name, _MISSING)))
-        setattr(owner, name, replacement)
-
-    def _run(self, category: str, name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Call `fn`, adding its time to `category` unless a timed call encloses it."""
-        if self._active is not None:
-            return fn(*args, **kwargs)
-        self._active = category
-        self.names[category].add(name)
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.seconds[category] += time.perf_counter() - start
-            self._active = None
-
-    def _layer_forward(self, forward: Callable) -> Callable:
-        @functools.wraps(forward)
-        def timed(layer: Module, *args: Any, **kwargs: Any) -> Any:
-            return self._run("norm", type(layer).__name__, forward, layer, *args, **kwargs)
-
-        return timed
-
-    def _optimizer_method(self, name: str) -> Callable:
-        method = getattr(self._optimizer, name)
-        label = f"{type(self._optimizer).__name__}.{name}"
-
-        @functools.wraps(method)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            return self._run("optimizer", label, method, *args, **kwargs)
-
-        return timed
-
-    def _op_forward(self, forward: Callable, op: type[Function]) -> Callable:
-        category = op_category(op)
-
-        @functools.wraps(forward)
-        def timed(fn: Function, *args: Any, **kwargs: Any) -> Any:
-            fn.bench_category = self._active or category  # where its backward will count
-            return self._run(fn.bench_category, type(fn).__name__, forward, fn, *args, **kwargs)
-
-        return timed
-
-    def _op_backward(self, backward: Callable, op: type[Function]) -> Callable:
-        category = op_category(op)
-
-        @functools.wraps(backward)
-        def timed(fn: Function, grad: Any) -> Any:
-            owner = getattr(fn, "bench_category", category)
-            return self._run(owner, type(fn).__name__, backward, fn, grad)
-
-        return timed
+                layers.append((nn.BatchNorm1d if name == "norm1d" else nn.BatchNorm2d)(*args))
+        else:
+            layers.append(getattr(nn, name)(*args, **kwargs))
+    return nn.Sequential(*layers)
 
 
-def tinynorm_step(batch: tuple[np.ndarray, np.ndarray]) -> tuple[Callable, Module, Any]:
-    """(step, model, optimizer) for a fresh tinynorm model; `step()` returns the loss."""
-    tn.manual_seed(0)
-    model = build_model(ARGS.norm, TOTAL_STEPS)
+def fused(nn: Any, layers: list, fuse_conv: Any, fuse_linear: Any) -> Any:
+    """The eval-mode `layers` with each conv/linear + batch norm pair folded into one layer."""
+    out: list = []
+    for layer in layers:
+        kind = type(layer).__name__
+        if kind.startswith("BatchNorm") and type(out[-1]).__name__ in ("Conv2d", "Linear"):
+            fuse = fuse_conv if type(out[-1]).__name__ == "Conv2d" else fuse_linear
+            out[-1] = fuse(out[-1], layer)
+        else:
+            out.append(layer)
+    return nn.Sequential(*out).eval()
+
+
+def timed(step: Any, steps: int) -> float:
+    """Median seconds of `steps` calls of `step` after WARMUP calls."""
+    times = []
+    for i in range(WARMUP + steps):
+        began = time.perf_counter()
+        step()
+        if i >= WARMUP:
+            times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def child(spec: dict) -> dict:
+    """One measurement in this process: NumPy first, then the framework (see the module doc)."""
+    import numpy as np
+
+    weights = dict(np.load(spec["weights"]))  # plain arrays, no pickle
+    rng = np.random.default_rng(0)
+    batch = TRAIN_BATCH if spec["mode"] == "train" else INFER_BATCH
+    batch = spec.get("batch") or batch
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    run = child_torch if spec["framework"] == "torch" else child_tinynorm
+    return run(spec, weights, x, y)
+
+
+def child_tinynorm(spec: dict, weights: dict, x: Any, y: Any) -> dict:
+    import tinynorm as tn
+    import tinynorm.nn.functional as F
+    from tinynorm import nn
+    from tinynorm.nn.utils import fuse_conv_bn, fuse_linear_bn
+
+    tn.set_num_threads(spec["threads"])
+    model = build(nn, spec["model"], spec["norm"])
+    for name, p in model.named_parameters():
+        p.data[...] = weights[name]
+    if spec["mode"] == "infer":
+        model.eval()
+        if spec["norm"] == "bn":
+            model = fused(nn, list(model), fuse_conv_bn, fuse_linear_bn)
+        xt = tn.tensor(x)
+
+        def forward() -> None:
+            with tn.no_grad():
+                model(xt)
+
+        return {"ms": 1e3 * timed(forward, spec["steps"])}
     opt = tn.optim.SGD(
         model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
     )
-    x, y = tn.tensor(batch[0]), tn.tensor(batch[1])
+    xt, yt = tn.tensor(x), tn.tensor(y)
 
     def step() -> float:
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(xt), yt)
         opt.zero_grad()
         loss.backward()
         opt.step()
         return loss.item()
 
-    return step, model, opt
+    first_loss = step()
+    result = {"ms": 1e3 * timed(step, spec["steps"]), "first_loss": first_loss}
+    if spec.get("profile"):
+        from step_profile import breakdown
+
+        result["breakdown"] = breakdown(step, opt, spec["steps"])
+    return result
 
 
-def torch_model(width: int) -> Any:
-    """The main job's CNN in `torch.nn` (layer indices as in `build_model`, so that its
-    state_dict loads), for the norms in TORCH_NORMS."""
-    nn = torch.nn
+def child_torch(spec: dict, weights: dict, x: Any, y: Any) -> dict:
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-    def norm_layer(channels: int, size: int) -> Any:
-        return {
-            "bn": lambda: nn.BatchNorm2d(channels),
-            "ln": lambda: nn.LayerNorm((channels, size, size)),
-            "in": lambda: nn.InstanceNorm2d(channels, affine=True),
-            "gn": lambda: nn.GroupNorm(4, channels),
-            "none": nn.Identity,
-        }[ARGS.norm]()
+    torch.set_num_threads(spec["threads"])
+    model = build(nn, spec["model"], spec["norm"])
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()}, strict=False)
+    if spec["mode"] == "infer":
+        model.eval()
+        if spec["norm"] == "bn":
+            model = fused(nn, list(model), fuse_conv_bn_eval, fuse_linear_bn_eval)
+        xt = torch.from_numpy(x)
 
-    return nn.Sequential(
-        nn.Conv2d(1, width, 5, padding=2),
-        norm_layer(width, 28),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 5, padding=2),
-        norm_layer(2 * width, 14),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(2 * width * 7 * 7, 10),
-    )
+        def forward() -> None:
+            with torch.no_grad():
+                model(xt)
 
-
-def torch_step(batch: tuple[np.ndarray, np.ndarray], state: dict[str, np.ndarray]) -> Callable:
-    """`step()` for the PyTorch model, initialized from tinynorm's `state` (a state_dict)."""
-    model = torch_model(width=state["0.weight"].shape[0])
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+        return {"ms": 1e3 * timed(forward, spec["steps"])}
     opt = torch.optim.SGD(
         model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
     )
-    x, y = torch.from_numpy(batch[0]), torch.from_numpy(batch[1])
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def step() -> float:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = nn.functional.cross_entropy(model(xt), yt)
         opt.zero_grad()
         loss.backward()
         opt.step()
         return loss.item()
 
-    return step
-
-
-def torch_skipped() -> str | None:
-    """Why this run has no PyTorch comparison, or None when it has one."""
-    if ARGS.no_torch:
-        return "--no-torch"
-    if torch is None:
-        return "PyTorch is not installed"
-    if ARGS.norm not in TORCH_NORMS:
-        return f"torch.nn has no counterpart of --norm {ARGS.norm}"
-    return None
-
-
-def throughput(step: Callable, framework: str) -> dict:
-    """The first step's loss, then the median step time over REPEAT steps."""
     first_loss = step()
-    seconds = common.median_time(step, REPEAT)
     return {
-        "table": "step",
-        "framework": framework,
-        "step_ms": 1e3 * seconds,
-        "images_per_s": ARGS.batch_size / seconds,
+        "ms": 1e3 * timed(step, spec["steps"]),
         "first_loss": first_loss,
+        "torch": torch.__version__,
     }
 
 
-def breakdown(step: Callable, opt: tn.optim.Optimizer) -> list[dict]:
-    """Rows of milliseconds and % of the step per category, averaged over REPEAT steps."""
-    with StepProfile(opt) as profile:
-        start = time.perf_counter()
-        for _ in range(REPEAT):
-            step()
-        total = (time.perf_counter() - start) / REPEAT
-    seconds = {c: s / REPEAT for c, s in profile.seconds.items()}
-    seconds[BOOKKEEPING] = total - sum(seconds.values())
-    return [
-        {
-            "table": "breakdown",
-            "category": category,
-            "ms": 1e3 * s,
-            "percent": 100 * s / total,
-            "timed": sorted(profile.names.get(category, ())),
+def launch(python: str, spec: dict) -> dict | None:
+    """Run `child(spec)` in a fresh `python` process; None when the framework is missing."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [python, str(HERE / "train.py"), "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=HERE.parent,
+    )
+    if done.returncode == 3:  # the framework is not installed there
+        return None
+    if done.returncode != 0:
+        raise RuntimeError(f"{spec['framework']} process failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def initial_weights(model: str, norm: str, path: Path) -> None:
+    """tinynorm's initial parameters of `model` (seed 0), saved as a plain .npz."""
+    import numpy as np
+
+    import tinynorm as tn
+    from tinynorm import nn
+
+    tn.manual_seed(0)
+    net = build(nn, model, norm)
+    np.savez(path, **{name: p.numpy() for name, p in net.named_parameters()})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3, help="processes per framework (median)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per process (median)")
+    p.add_argument("--threads", type=int, default=2, help="threads for each framework")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated: main, cnn")
+    p.add_argument("--norms", default=",".join(NORMS), help="comma-separated: bn, gn")
+    p.add_argument("--torch-python", default=sys.executable, help="the Python that has torch")
+    p.add_argument("--no-torch", action="store_true", help="tinynorm only")
+    p.add_argument("--no-profile", action="store_true", help="skip the step breakdowns")
+    p.add_argument("--quick", action="store_true", help="1 round, 2 steps, batch 8 (smoke test)")
+    p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name, allowed in (("models", MODELS), ("norms", NORMS)):
+        chosen = getattr(args, name).split(",")
+        if not chosen or set(chosen) - set(allowed):
+            p.error(f"--{name} takes a comma-separated subset of {', '.join(allowed)}")
+        setattr(args, name, chosen)
+    if args.quick:
+        args.rounds, args.steps = 1, 2
+    return args
+
+
+def measure(args: argparse.Namespace, folder: Path) -> tuple[list[dict], list[dict]]:
+    """(rows, breakdowns): the alternated processes of every model, norm and mode."""
+    rows, breakdowns = [], []
+    frameworks = ["tinynorm"] + ([] if args.no_torch else ["torch"])
+    for model in args.models:
+        for norm in args.norms:
+            weights = folder / f"{model}-{norm}.npz"
+            initial_weights(model, norm, weights)
+            for mode in MODES:
+                spec = {"model": model, "norm": norm, "mode": mode, "weights": str(weights)}
+                spec |= {"steps": args.steps, "threads": args.threads}
+                if args.quick:
+                    spec["batch"] = 8
+                results: dict[str, list[dict]] = {f: [] for f in frameworks}
+                for _ in range(args.rounds):
+                    for framework in frameworks:
+                        python = args.torch_python if framework == "torch" else sys.executable
+                        result = launch(python, spec | {"framework": framework})
+                        if result is not None:
+                            results[framework].append(result)
+                rows.append(summarize(spec, results))
+                print(common.markdown_table(HEADER, [row_cells(rows[-1])], left=3).splitlines()[-1])
+            if not args.no_profile:
+                spec = {"model": model, "norm": norm, "mode": "train", "weights": str(weights)}
+                spec |= {"steps": args.steps, "threads": args.threads, "profile": True}
+                spec |= {"framework": "tinynorm"} | ({"batch": 8} if args.quick else {})
+                parts = launch(sys.executable, spec)["breakdown"]
+                breakdowns.append({"model": model, "norm": norm, "parts": parts})
+    return rows, breakdowns
+
+
+def summarize(spec: dict, results: dict[str, list[dict]]) -> dict:
+    """One row: per framework the median over processes, the range and the first loss."""
+    row = {k: spec[k] for k in ("model", "norm", "mode")}
+    batch = spec.get("batch") or (TRAIN_BATCH if spec["mode"] == "train" else INFER_BATCH)
+    for framework, runs in results.items():
+        if not runs:
+            continue
+        ms = [r["ms"] for r in runs]
+        row[framework] = {
+            "ms": statistics.median(ms),
+            "range": [min(ms), max(ms)],
+            "images_per_s": 1e3 * batch / statistics.median(ms),
+            "first_loss": runs[0].get("first_loss"),
+            "processes": len(ms),
         }
-        for category, s in seconds.items()
-    ]
+        if runs[0].get("torch"):
+            row["torch_version"] = runs[0]["torch"]
+    if "tinynorm" in row and "torch" in row:
+        row["ratio_to_torch"] = row["tinynorm"]["ms"] / row["torch"]["ms"]
+    return row
 
 
-def main() -> int:
-    if ARGS.norm not in NORMS:
-        raise SystemExit(f"--norm must be one of {', '.join(NORMS)}")
-    rng = np.random.default_rng(0)
-    batch = (
-        rng.standard_normal((ARGS.batch_size, 1, 28, 28)).astype(np.float32),
-        rng.integers(0, 10, ARGS.batch_size),
-    )
-    step, model, opt = tinynorm_step(batch)
-    initial_state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
-    rows = [throughput(step, "tinynorm")]
-    if not torch_skipped():
-        rows.append(throughput(torch_step(batch, initial_state), "torch"))
-        rows[0]["ratio_to_torch"] = rows[0]["step_ms"] / rows[1]["step_ms"]
-        rows[1]["ratio_to_torch"] = 1.0
-    rows += breakdown(step, opt)
-
-    info = common.machine(ARGS.threads)
-    print(common.describe(info))
-    print(format_tables(rows))
-    if ARGS.json:
-        common.write_json(
-            ARGS.json,
-            info,
-            rows,
-            norm=ARGS.norm,
-            batch_size=ARGS.batch_size,
-            repeat=REPEAT,
-            quick=ARGS.quick,
-            torch_skipped=torch_skipped(),
-        )
-    return 0
+HEADER = [
+    "model",
+    "norm",
+    "pass",
+    "tinynorm ms",
+    "range",
+    "images/s",
+    "torch ms",
+    "range",
+    "images/s",
+    "× torch",
+    "first loss (tn / torch)",
+]
 
 
-def format_tables(rows: list[dict]) -> str:
-    """The two Markdown tables, with a title line each."""
-    steps = [r for r in rows if r["table"] == "step"]
-    parts = [r for r in rows if r["table"] == "breakdown"]
-    note = f" (no PyTorch comparison: {torch_skipped()})" if torch_skipped() else ""
-    step_table = common.markdown_table(
-        ["framework", "step ms", "images/s", "ratio to torch", "first-step loss"],
-        [
-            [
-                r["framework"],
-                common.cell(r["step_ms"]),
+def row_cells(row: dict) -> list[str]:
+    cells = [row["model"], row["norm"], row["mode"]]
+    for framework in ("tinynorm", "torch"):
+        r = row.get(framework)
+        if r is None:
+            cells += ["—", "—", "—"]
+        else:
+            low, high = r["range"]
+            cells += [
+                common.cell(r["ms"]),
+                f"{low:.1f}-{high:.1f}",
                 common.cell(r["images_per_s"], ".0f"),
-                common.cell(r.get("ratio_to_torch")),
-                common.cell(r["first_loss"], ".4f"),
             ]
-            for r in steps
-        ],
-    )
-    total_ms = sum(r["ms"] for r in parts)
-    part_table = common.markdown_table(
+    cells.append(common.cell(row.get("ratio_to_torch")))
+    losses = [row.get(f, {}).get("first_loss") for f in ("tinynorm", "torch")]
+    cells.append(" / ".join(f"{v:.4f}" for v in losses if v is not None) or "—")
+    return cells
+
+
+def breakdown_table(entry: dict) -> str:
+    parts = entry["parts"]
+    total = sum(p["ms"] for p in parts)
+    table = common.markdown_table(
         ["category", "timed calls", "ms", "% of step"],
         [
             [
-                r["category"],
-                ", ".join(r["timed"]),
-                common.cell(r["ms"]),
-                common.cell(r["percent"], ".1f"),
+                p["category"],
+                ", ".join(p["timed"]),
+                common.cell(p["ms"]),
+                common.cell(p["percent"], ".1f"),
             ]
-            for r in parts
+            for p in parts
         ]
-        + [["step (profiled)", "", common.cell(total_ms), "100.0"]],
+        + [["step (profiled)", "", common.cell(total), "100.0"]],
         left=2,
     )
-    title = f"MNIST CNN, --norm {ARGS.norm}, batch {ARGS.batch_size}, float32, median of {REPEAT}"
-    return (
-        f"\n{title}{note}\n\n{step_table}\n\n"
-        f"One tinynorm step by category (mean of {REPEAT} profiled steps)\n\n{part_table}"
-    )
+    title = f"One tinynorm training step of `{entry['model']}` with `{entry['norm']}`, by category"
+    return f"\n{title}\n\n{table}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        spec = json.loads(args.child)
+        try:
+            result = child(spec)
+        except ModuleNotFoundError as error:
+            if error.name in ("torch", "tinynorm"):
+                print(f"{error.name} is not installed", file=sys.stderr)
+                return 3
+            raise
+        print(json.dumps(result))
+        return 0
+    import numba  # noqa: F401  (only so that `machine` reports the versions in use)
+    import numpy  # noqa: F401
+
+    info = common.machine(args.threads)
+    print(common.describe(info))
+    runs = f"median of {args.rounds} processes per framework, each the median of {args.steps} steps"
+    print(f"\n{runs}\n")
+    print(common.markdown_table(HEADER, [], left=3))
+    with tempfile.TemporaryDirectory() as folder:
+        rows, breakdowns = measure(args, Path(folder))
+    info["torch"] = next((r["torch_version"] for r in rows if "torch_version" in r), None)
+    if info["torch"]:
+        print(f"\nPyTorch {info['torch']} ({args.torch_python})")
+    for entry in breakdowns:
+        print(breakdown_table(entry))
+    if args.json:
+        common.write_json(
+            args.json,
+            info,
+            rows,
+            breakdowns=breakdowns,
+            rounds=args.rounds,
+            steps=args.steps,
+            quick=args.quick,
+            torch_python=None if args.no_torch else args.torch_python,
+        )
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ work fused per run while it is in cache (on a GPU: composed from the kernels abo
 
 and, for the convolution's GEMMs, `im2col` (each image's window columns) and its adjoint
 `col2im` (on the CPU: serial and without the GIL, the convolution runs them in threads); for
-max pooling, `max_pool` (values and argmax) and `max_pool_backward`; `transpose`, a blocked
-2-d transposed copy (batch norm of (N, C) inputs works on the transpose).
+max pooling, `max_pool` (values and argmax) and `max_pool_backward`; `relu` and its backward;
+`transpose`, a blocked 2-d transposed copy (batch norm of (N, C) inputs works on the transpose).
 
 Thread safety: Numba's `workqueue` threading layer aborts the process when two Python threads
 launch parallel kernels at once (`tbb` and `omp` are thread-safe). Under it, and until the layer
@@ -93,6 +93,8 @@ _cpu = SimpleNamespace(
             "combine_runs",
             "max_pool",
             "max_pool_backward",
+            "relu",
+            "relu_backward",
             "transpose",
         )
     },
@@ -376,6 +378,22 @@ def max_pool_backward(
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     dx = xp.empty(shape, dy.dtype)
     return _impl(dy).max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx)
+
+
+def relu(x):
+    """max(x, 0) in x's shape and dtype: one parallel pass on the CPU, CuPy's on the GPU."""
+    if on_gpu(x):
+        return _xp(x).maximum(x, 0)
+    x = np.ascontiguousarray(x)
+    return _cpu.relu(x.ravel(), np.empty(x.size, x.dtype)).reshape(x.shape)
+
+
+def relu_backward(dy, y):
+    """dy where y = relu(x) > 0, else 0 (the gradient of `relu`)."""
+    if on_gpu(dy):
+        return dy * (y > 0)
+    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
+    return _cpu.relu_backward(dy.ravel(), y.ravel(), np.empty(dy.size, dy.dtype)).reshape(dy.shape)
 
 
 def transpose(x):

@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ..tensor import Tensor
 
@@ -126,11 +126,11 @@ class ReLU(Function):
     """y = max(x, 0); dy/dx = 1 where x > 0."""
 
     def forward(self, x):
-        self.mask = x > 0
-        return backend.get_array_module(x).maximum(x, 0)
+        self.y = kernels.relu(x)
+        return self.y
 
     def backward(self, grad):
-        return grad * self.mask
+        return kernels.relu_backward(grad, self.y)
 
 
 class Sigmoid(Function):
