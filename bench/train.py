@@ -224,16 +224,13 @@ def child_torch(spec: dict, weights: dict, x: Any, y: Any) -> dict:
 
 def launch(python: str, spec: dict) -> dict | None:
     """Run `child(spec)` in a fresh `python` process; None when the framework is missing."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-    }
+    paths = [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # for `step_profile`
     done = subprocess.run(
         [python, str(HERE / "train.py"), "--child", json.dumps(spec)],
         capture_output=True,
         text=True,
         env=env,
-        cwd=HERE.parent,
     )
     if done.returncode == 3:  # the framework is not installed there
         return None

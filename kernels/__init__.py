@@ -13,6 +13,10 @@ see every input as x[n, c, s] (S = product of spatial dims) and work on rows r =
                                             alpha[r]·dy·w[c, s] + beta[r]·(x - center[r]) + delta[r]
     column_grad_sums(dy, x, center, scale)  Σ_n dy, Σ_n dy·(x - center[r])·scale[r]
 
+and their twins for an (N, C) array whose channels are columns (batch norm of a linear
+layer's output, no transpose), with per-column arguments (C,): `column_moments`,
+`normalize_columns`, `column_sums`, `combine_columns`;
+
 and, for the per-sample statistics (IN, GN, LN), each over a run of k consecutive rows, the same
 work fused per run while it is in cache (on a GPU: composed from the kernels above):
 
@@ -89,6 +93,10 @@ _cpu = SimpleNamespace(
             "row_grad_sums",
             "combine",
             "column_grad_sums",
+            "column_moments",
+            "normalize_columns",
+            "column_sums",
+            "combine_columns",
             "normalize_runs",
             "combine_runs",
             "max_pool",
@@ -188,6 +196,59 @@ def combine(dy, x, center, alpha, beta, delta, w=None):
 def column_grad_sums(dy, x, center, scale):
     x, dy = _view(x), _view(dy)
     return _impl(x).column_grad_sums(dy, x, _rows(center, x), _rows(scale, x))
+
+
+def _columns(x):
+    """x as a contiguous (N, C) array, or an error naming the shape."""
+    if x.ndim != 2:
+        raise ValueError(f"column kernels expect an (N, C) array, got shape {x.shape}")
+    return _xp(x).ascontiguousarray(x)
+
+
+def _per_column(a, x, dtype=None):
+    """A per-column argument as a (C,) array in `dtype` (default x's)."""
+    return _filled(x.shape[1], a, x, dtype)
+
+
+def column_moments(x):
+    """x (N, C) -> per column mean and M2 = Σ_n (x - mean)², (C,) each in float64: batch norm
+    of an (N, C) input reads its channels as columns, without a transpose."""
+    x = _columns(x)
+    if on_gpu(x):
+        mean = x.mean(axis=0, dtype=np.float64)
+        return mean, ((x - mean) ** 2).sum(axis=0, dtype=np.float64)
+    return _cpu.column_moments(x)
+
+
+def normalize_columns(x, center, scale, shift):
+    """y = (x - center[c])·scale[c] + shift[c] for x (N, C); the column arguments broadcast to
+    (C,) in x's dtype."""
+    x = _columns(x)
+    center, scale, shift = (_per_column(a, x) for a in (center, scale, shift))
+    if on_gpu(x):
+        return (x - center) * scale + shift
+    return _cpu.normalize_columns(x, center, scale, shift, np.empty_like(x))
+
+
+def column_sums(dy, x, center):
+    """Per column of (N, C) arrays, in float64: Σ_n dy and Σ_n dy·(x - center[c])."""
+    x, dy = _columns(x), _columns(dy)
+    center = _per_column(center, x)
+    if on_gpu(x):
+        g = dy.astype(np.float64)
+        return g.sum(axis=0), (g * (x - center)).sum(axis=0)
+    return _cpu.column_sums(dy, x, center)
+
+
+def combine_columns(dy, x, center, alpha, beta, delta):
+    """dx = alpha[c]·dy + beta[c]·(x - center[c]) + delta[c] for (N, C) arrays; the
+    coefficients in float64 up to the final multiply-add (as in `combine`)."""
+    x, dy = _columns(x), _columns(dy)
+    center = _per_column(center, x)
+    alpha, beta, delta = (_per_column(a, x, np.float64) for a in (alpha, beta, delta))
+    if on_gpu(x):
+        return (alpha * dy + beta * (x - center) + delta).astype(x.dtype)
+    return _cpu.combine_columns(dy, x, center, alpha, beta, delta, np.empty_like(x))
 
 
 def _runs(x, k: int) -> int:

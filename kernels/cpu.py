@@ -239,6 +239,77 @@ def column_grad_sums(dy, x, center, scale):
     return db, dw
 
 
+COLUMNS = 64  # columns per task in the column kernels: a row's block is four cache lines
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def column_moments(x):
+    """x (N, C) -> per column, in float64: mean (C,) and M2 = Σ_n (x - mean)² (C,). Two passes
+    over each block of COLUMNS columns (parallel over the blocks), its sums kept in L1."""
+    N, C = x.shape
+    mean, m2 = np.empty(C), np.empty(C)
+    for k in prange((C + COLUMNS - 1) // COLUMNS):
+        lo = k * COLUMNS
+        hi = min(lo + COLUMNS, C)
+        acc = np.zeros(hi - lo)
+        for n in range(N):
+            row = x[n, lo:hi]
+            for i in range(hi - lo):
+                acc[i] += row[i]
+        mu = acc / N
+        acc[:] = 0
+        for n in range(N):
+            row = x[n, lo:hi]
+            for i in range(hi - lo):
+                d = row[i] - mu[i]
+                acc[i] += d * d
+        mean[lo:hi], m2[lo:hi] = mu, acc
+    return mean, m2
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def normalize_columns(x, center, scale, shift, y):
+    """y = (x - center[c])·scale[c] + shift[c] over (N, C) arrays, parallel over rows; the
+    column arrays (C,) in x's dtype."""
+    N, C = x.shape
+    for n in prange(N):
+        row, out = x[n], y[n]
+        for c in range(C):
+            out[c] = (row[c] - center[c]) * scale[c] + shift[c]
+    return y
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def column_sums(dy, x, center):
+    """Per column of (N, C) arrays, in float64: Σ_n dy and Σ_n dy·(x - center[c])."""
+    N, C = x.shape
+    sum_dy, sum_dyx = np.empty(C), np.empty(C)
+    for k in prange((C + COLUMNS - 1) // COLUMNS):
+        lo = k * COLUMNS
+        hi = min(lo + COLUMNS, C)
+        acc, acc_x, mid = np.zeros(hi - lo), np.zeros(hi - lo), center[lo:hi]
+        for n in range(N):
+            grow, row = dy[n, lo:hi], x[n, lo:hi]
+            for i in range(hi - lo):
+                g = np.float64(grow[i])
+                acc[i] += g
+                acc_x[i] += g * (row[i] - mid[i])
+        sum_dy[lo:hi], sum_dyx[lo:hi] = acc, acc_x
+    return sum_dy, sum_dyx
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS)
+def combine_columns(dy, x, center, alpha, beta, delta, dx):
+    """dx = alpha[c]·dy + beta[c]·(x - center[c]) + delta[c] over (N, C) arrays, parallel over
+    rows; `center` in x's dtype, the coefficients in float64 (as in `combine`)."""
+    N, C = x.shape
+    for n in prange(N):
+        grow, row, out = dy[n], x[n], dx[n]
+        for c in range(C):
+            out[c] = alpha[c] * grow[c] + beta[c] * (row[c] - center[c]) + delta[c]
+    return dx
+
+
 @njit(cache=True)
 def _valid(k, s, p, size, count):
     """The range [lo, hi) of output positions o whose input o·s + k - p lies in [0, size)."""

@@ -834,6 +834,76 @@ def test_kernels_load_as_a_standalone_package(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+# ---- the column kernels: batch norm of an (N, C) input, channels as columns ----------------------
+COLUMN_SHAPES = [(5, 3), (7, 130), (1, 64), (300, 65)]  # partial and whole blocks of 64 columns
+
+
+def column_reference(dy, x, center, alpha, beta, delta, scale, shift):
+    """The four column kernels' results by NumPy, in float64."""
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    mean = x64.mean(axis=0)
+    return {
+        "moments": (mean, ((x64 - mean) ** 2).sum(axis=0)),
+        "normalize": (x64 - center) * scale + shift,
+        "sums": (dy64.sum(axis=0), (dy64 * (x64 - center)).sum(axis=0)),
+        "combine": alpha * dy64 + beta * (x64 - center) + delta,
+    }
+
+
+def column_results(dy, x, center, alpha, beta, delta, scale, shift):
+    return {
+        "moments": kernels.column_moments(x),
+        "normalize": kernels.normalize_columns(x, center, scale, shift),
+        "sums": kernels.column_sums(dy, x, center),
+        "combine": kernels.combine_columns(dy, x, center, alpha, beta, delta),
+    }
+
+
+def column_case(rng, shape, dtype):
+    C = shape[1]
+    x = (3 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    center = x.astype(np.float64).mean(axis=0).astype(dtype)
+    alpha, beta, delta, scale, shift = (rng.standard_normal(C) for _ in range(5))
+    return dy, x, center, alpha, beta, delta, scale.astype(dtype), shift.astype(dtype)
+
+
+@pytest.mark.parametrize("shape", COLUMN_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_column_kernels_match_numpy(rng, shape, dtype):
+    case = column_case(rng, shape, dtype)
+    expected, actual = column_reference(*case), column_results(*case)
+    scale = np.abs(case[1]).max() * shape[0]  # sums of N values of this size
+    for name in ("moments", "sums"):
+        for a, e in zip(actual[name], expected[name]):
+            assert a.dtype == np.float64 and a.shape == (shape[1],)
+            np.testing.assert_allclose(a, e, rtol=TOL[dtype] * 10, atol=TOL[dtype] * scale)
+    for name in ("normalize", "combine"):
+        assert actual[name].dtype == dtype and actual[name].shape == shape
+        np.testing.assert_allclose(
+            actual[name], expected[name], rtol=TOL[dtype] * 10, atol=TOL[dtype] * 10
+        )
+
+
+@pytest.mark.parametrize("shape", COLUMN_SHAPES[:2], ids=str)
+def test_column_kernels_composed_for_the_gpu_match_cpu(rng, monkeypatch, shape):
+    """On a GPU the column kernels are composed from array operations: the same results."""
+    case = column_case(rng, shape, np.float32)
+    on_cpu = column_results(*case)
+    monkeypatch.setattr(kernels, "on_gpu", lambda a: True)
+    monkeypatch.setattr(kernels, "_xp", lambda a: np)
+    on_gpu = column_results(*case)
+    for name, expected in on_cpu.items():
+        pairs = (
+            zip(on_gpu[name], expected)
+            if isinstance(expected, tuple)
+            else [(on_gpu[name], expected)]
+        )
+        for a, e in pairs:
+            assert a.dtype == e.dtype
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-4)
+
+
 # ---- im2col / col2im: the convolution's column kernels ----------------------------------------
 # (input shape, kernel, stride, padding): square and non-square kernels, stride 2, padding,
 # a kernel as large as the padded input, and sizes that are not multiples of anything

@@ -13,6 +13,7 @@ from tinynorm.nn.utils import weight_norm
 # name -> (factory(affine) -> layer, input shape)
 LAYERS = {
     "BatchNorm1d-2d": (lambda a: nn.BatchNorm1d(3, affine=a), (5, 3)),
+    "BatchNorm1d-2d-blocks": (lambda a: nn.BatchNorm1d(70, affine=a), (4, 70)),  # 2 column blocks
     "BatchNorm1d-3d": (lambda a: nn.BatchNorm1d(3, affine=a), (3, 3, 4)),
     "BatchNorm2d": (lambda a: nn.BatchNorm2d(3, affine=a), (3, 3, 2, 3)),
     "BatchNorm2d-cumulative": (lambda a: nn.BatchNorm2d(3, momentum=None, affine=a), (3, 3, 2, 2)),

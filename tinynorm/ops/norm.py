@@ -236,6 +236,46 @@ class NormalizeRuns(Function):
         return dx, cast_grad(dw, self.weight), cast_grad(db, self.bias)
 
 
+class NormalizeColumns(Function):
+    """Batch norm of an (N, C) input whose channels are columns (a linear layer's output), with
+    no transpose: y = (x - μ)·ρ·γ + β per column, ρ = 1/sqrt(σ² + ε).
+
+    Batch statistics (training; `mean` and `var` not given): μ and σ² (biased) of each column
+    are computed here and passed to `report(μ, σ²)` (the running estimates' update); they
+    depend on x, so with dx̂ = γ·dy, x̂ = (x - μ)·ρ and ⟨·⟩ the mean over a column's N values:
+        dx = ρ·(dx̂ - ⟨dx̂⟩ - x̂·⟨dx̂·x̂⟩).
+    Fixed statistics (`mean`, `var` given: the running estimates): dx = ρ·γ·dy.
+    Both: dγ = Σ_n dy·x̂, dβ = Σ_n dy.
+    """
+
+    def forward(self, x, weight, bias, *, eps, mean=None, var=None, report=None):
+        self.batch = mean is None
+        if self.batch:
+            mean, m2 = kernels.column_moments(x)
+            var = m2 / x.shape[0]
+            if report is not None:
+                report(mean, var)
+        xp = backend.get_array_module(x)
+        self.x, self.mean, self.rstd = x, mean, 1.0 / xp.sqrt(var + eps)
+        self.weight, self.bias = weight, bias
+        scale = self.rstd if weight is None else self.rstd * weight
+        return kernels.normalize_columns(x, mean, scale, 0 if bias is None else bias)
+
+    def backward(self, grad):
+        need_x, need_w, need_b = self.needs_input_grad
+        sum_dy, sum_dyx = kernels.column_sums(grad, self.x, self.mean)
+        rho, N = self.rstd, self.x.shape[0]
+        g = 1 if self.weight is None else self.weight.astype(np.float64)
+        dx = None
+        if need_x:
+            beta = -(rho**3) * g * sum_dyx / N if self.batch else 0  # -ρ²·⟨dx̂·x̂⟩ per column
+            delta = -rho * g * sum_dy / N if self.batch else 0  # -ρ·⟨dx̂⟩
+            dx = kernels.combine_columns(grad, self.x, self.mean, rho * g, beta, delta)
+        dw = sum_dyx * rho if need_w else None
+        db = sum_dy if need_b else None
+        return dx, cast_grad(dw, self.weight), cast_grad(db, self.bias)
+
+
 class Empty(Function):
     """A norm of an input without values: y = x (empty), dx = dy (empty), and zero gradients
     for the other inputs (γ, β, mixing weights: the sums over no values)."""

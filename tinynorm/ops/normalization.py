@@ -15,9 +15,18 @@ import math
 
 from .. import backend, kernels
 from ..tensor import Tensor
-from .norm import Part, Pattern, check_dtype, empty, normalize, normalize_runs, pooled_moments
+from .norm import (
+    NormalizeColumns,
+    Part,
+    Pattern,
+    check_dtype,
+    empty,
+    normalize,
+    normalize_runs,
+    pooled_moments,
+)
 from .norm_mixed import mixed_normalize, switchable_normalize
-from .shape import permute, reshape
+from .shape import reshape
 from .softmax import softmax
 
 
@@ -146,16 +155,43 @@ def batch_norm(
         running_mean=running_mean,
         running_var=running_var,
     )
-    N, C, S = view
+    N, _, S = view
     if input.numel() == 0:
         return empty(input, weight, bias)
-    if S == 1 and N > 1:  # rows of one value: normalize the transpose (1, C, N) instead
-        columns = reshape(permute(reshape(input, (N, C)), (1, 0)), (1, C, N))
-        y = batch_norm(columns, running_mean, running_var, weight, bias, training, momentum, eps)
-        return reshape(permute(reshape(y, (C, N)), (1, 0)), input.shape)
+    if S == 1 and N > 1:  # rows of one value: the channels are the columns of (N, C)
+        return _batch_norm_columns(
+            input, running_mean, running_var, weight, bias, training, momentum, eps
+        )
     rows = _row_moments(input, view) if training else None
     part = _batch_part(input, view, rows, running_mean, running_var, training, momentum, eps)
     return _apply(input, weight, bias, view, part)
+
+
+def _batch_norm_columns(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """`batch_norm` of an input with one value per channel and sample ((N, C), (N, C, 1, ...)),
+    on the columns of its (N, C) view."""
+    N, C = input.shape[:2]
+    x = reshape(input, (N, C))
+    if training:
+
+        def report(mean, var) -> None:
+            _update_running(running_mean, running_var, mean, var, N, momentum)
+
+        y = NormalizeColumns.apply(x, weight, bias, eps=eps, report=report)
+    else:
+        _need_running("batch norm", running_mean, running_var)
+        mean, var = running_mean.data, running_var.data
+        y = NormalizeColumns.apply(x, weight, bias, eps=eps, mean=mean, var=var)
+    return reshape(y, input.shape)
 
 
 def batch_renorm(
