@@ -6,6 +6,7 @@ from . import nn, optim
 from .autograd import enable_grad, is_grad_enabled, no_grad
 from .creation import arange, ones, rand, randn, zeros
 from .gradcheck import GradcheckError, gradcheck
+from .memory import keep_freed_memory
 from .ops import cat
 from .random import manual_seed
 from .serialization import load, save
@@ -19,6 +20,7 @@ int64 = np.dtype("int64")
 __version__ = "0.1.0"
 
 keep_blas_on_one_thread()  # the cores are for the Numba kernels: see tinynorm/threads.py
+keep_freed_memory()  # no page faults on every step's arrays: see tinynorm/memory.py
 
 __all__ = [
     "GradcheckError",
