@@ -156,13 +156,16 @@ class Conv2d(Function):
 
         def share(images: slice):
             dw_t = xp.zeros(w2.shape[::-1], w2.dtype) if need_w else None  # dW₂ᵀ
+            largest = self.chunks(images)[0]
+            wide = self.wide(largest.stop - largest.start, grad)
+            padded = self.padded(largest.stop - largest.start) if self.shifted and need_x else None
             chunks = self.columns(images) if need_w else ((p, None) for p in self.chunks(images))
             for part, cols in chunks:
-                g = self.widened(grad[part])
+                g = self.widened(grad[part], wide)
                 if need_w:  # Σ cols_n dY_nᵀ runs faster than Σ dY_n cols_nᵀ in BLAS
                     dw_t += (cols @ g.swapaxes(1, 2)).sum(axis=0)
                 if need_x:
-                    self.adjoint(xp.matmul(w2.T, g), dx[part])
+                    self.adjoint(xp.matmul(w2.T, g), dx[part], padded)
             return dw_t
 
         dws = threads.parallel_map(share, self.shares())
@@ -170,26 +173,33 @@ class Conv2d(Function):
         db = grad.sum(axis=(0, 2, 3)) if need_b else None
         return dx, dw, db
 
-    def widened(self, g):
-        """dY of a chunk (n, O, OH, OW) as (n, O, width): zeros in the shifted rows' extra
-        columns."""
-        n, O, OH, OW = g.shape
+    def wide(self, n: int, grad):
+        """For shifted rows, a zeroed buffer for the dY of n images with the extra columns
+        (n, O, OH, Wp), reused by a share's chunks (only the first OW columns are written); None
+        for im2col."""
         if not self.shifted:
-            return g.reshape(n, O, self.width)
-        wide = np.zeros((n, O, OH, self.plane[1]), g.dtype)
-        wide[..., :OW] = g
-        return wide.reshape(n, O, self.width)
+            return None
+        return np.zeros((n, grad.shape[1], grad.shape[2], self.plane[1]), grad.dtype)
 
-    def adjoint(self, dcols, dx) -> None:
-        """dx (a chunk's input gradient, overwritten) from its columns' gradient."""
+    def widened(self, g, wide):
+        """dY of a chunk (n, O, OH, OW) as (n, O, width), through `wide` for shifted rows."""
+        n, O, _, OW = g.shape
+        if wide is None:
+            return g.reshape(n, O, self.width)
+        wide[:n, ..., :OW] = g
+        return wide[:n].reshape(n, O, self.width)
+
+    def adjoint(self, dcols, dx, padded) -> None:
+        """dx (a chunk's input gradient, overwritten) from its columns' gradient; `padded` is
+        a share's buffer of padded planes (shifted rows) or None (im2col)."""
         kernel = self.weight.shape[2:]
-        if not self.shifted:
+        if padded is None:
             kernels.col2im(dcols, dx.shape, kernel, self.stride, self.padding, out=dx)
             return
-        (ph, pw), (H, W) = self.padding, dx.shape[2:]
-        flat, planes = self.padded(dx.shape[0])
-        kernels.add_shifted_rows(dcols, planes.shape, kernel, flat)
-        dx[...] = planes[:, :, ph : ph + H, pw : pw + W]
+        (ph, pw), (H, W), n = self.padding, dx.shape[2:], dx.shape[0]
+        flat, planes = padded
+        kernels.add_shifted_rows(dcols, planes[:n].shape, kernel, flat)  # overwrites flat
+        dx[...] = planes[:n, :, ph : ph + H, pw : pw + W]
 
 
 def conv2d(
