@@ -106,31 +106,3 @@ def test_import_order_bench_writes_a_row_per_way(tmp_path):
     assert table[3][3] == "1.00"  # tinynorm first is the reference
     seconds = json.loads(out.read_text())["seconds"]
     assert list(seconds) == ways and all(len(t) == 1 and t[0] > 0 for t in seconds.values())
-
-
-def test_train_quick_times_both_passes_in_their_own_processes(tmp_path):
-    """bench/train.py --quick: a train and an infer row for the chosen model and norm, each
-    from its own process, the step's breakdown adding up, and PyTorch's columns exactly when
-    PyTorch is installed."""
-    out = tmp_path / "train.json"
-    command = [sys.executable, str(BENCH / "train.py"), "--quick", "--models", "main"]
-    done = subprocess.run(
-        [*command, "--norms", "bn", "--json", str(out)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
-    rows = result["rows"]
-    assert [(r["model"], r["norm"], r["mode"]) for r in rows] == [
-        ("main", "bn", "train"),
-        ("main", "bn", "infer"),
-    ]
-    for row in rows:
-        assert row["tinynorm"]["ms"] > 0 and row["tinynorm"]["processes"] == 1
-        assert ("torch" in row) == HAS_TORCH
-    loss = rows[0]["tinynorm"]["first_loss"]
-    assert 0 < loss < 10
-    if HAS_TORCH:  # the same weights and data: the same first loss
-        assert abs(rows[0]["torch"]["first_loss"] - loss) < 1e-4
-    (entry,) = result["settings"]["breakdowns"]
-    assert sum(p["percent"] for p in entry["parts"]) == pytest.approx(100)
-    assert "| main | bn | train |" in done.stdout

@@ -38,32 +38,35 @@ def run_bench(script: str, out: Path, *args: str) -> tuple[list[str], dict]:
     return table, json.loads(out.read_text())
 
 
-def test_train_quick_reports_the_step_and_its_breakdown(tmp_path):
-    table, data = run_bench("train.py", tmp_path / "train.json", "--batch-size", "16")
-    assert data["settings"]["batch_size"] == 16 and data["settings"]["norm"] == "bn"
-    assert data["settings"]["torch_skipped"] == "--no-torch"
-    assert data["machine"]["threads"] == 2
+def test_train_quick_times_both_passes_and_the_breakdown(tmp_path):
+    """A train and an infer row for the chosen model and norm, each from its own process, and
+    the step's breakdown by category adding up to the step."""
+    table, data = run_bench("train.py", tmp_path / "train.json", "--models", "cnn", "--norms", "bn")
+    assert data["settings"]["quick"] and data["machine"]["threads"] == 2
+    rows = data["rows"]
+    assert [(r["model"], r["norm"], r["mode"]) for r in rows] == [
+        ("cnn", "bn", "train"),
+        ("cnn", "bn", "infer"),
+    ]
+    for row in rows:
+        assert row["tinynorm"]["ms"] > 0 and row["tinynorm"]["images_per_s"] > 0
+        assert row["tinynorm"]["processes"] == 1 and "torch" not in row
+    assert 0 < rows[0]["tinynorm"]["first_loss"] < 10  # about ln 10 for 10 random classes
 
-    steps = [r for r in data["rows"] if r["table"] == "step"]
-    assert [r["framework"] for r in steps] == ["tinynorm"]
-    assert steps[0]["step_ms"] > 0 and steps[0]["images_per_s"] > 0
-    assert 0 < steps[0]["first_loss"] < 10  # about ln 10 for 10 random classes
-
-    parts = [r for r in data["rows"] if r["table"] == "breakdown"]
-    assert [r["category"] for r in parts] == CATEGORIES
-    assert sum(r["percent"] for r in parts) == pytest.approx(100)
-    for r in parts:
-        assert r["ms"] >= 0 and r["percent"] >= 0
-    timed = {r["category"]: r["timed"] for r in parts}
-    assert timed["conv"] == ["Conv2d"] and "BatchNorm2d" in timed["norm"]
+    (entry,) = data["settings"]["breakdowns"]
+    parts = entry["parts"]
+    assert [p["category"] for p in parts] == CATEGORIES
+    assert sum(p["percent"] for p in parts) == pytest.approx(100)
+    timed = {p["category"]: p["timed"] for p in parts}
+    assert timed["conv"] == ["Conv2d"] and {"BatchNorm1d", "NormalizeColumns"} <= set(timed["norm"])
     assert timed["optimizer"] == ["SGD.step", "SGD.zero_grad"]
     for category in ("conv", "norm", "pooling", "loss", "linear", "optimizer"):
-        assert next(r["ms"] for r in parts if r["category"] == category) > 0
+        assert next(p["ms"] for p in parts if p["category"] == category) > 0
 
-    # the step table (header, alignment, tinynorm), then the breakdown (header, alignment,
-    # one row per category and the total)
-    assert table[0].startswith("| framework | step ms |") and table[2].startswith("| tinynorm |")
-    assert table[3].startswith("| category |") and len(table) == 3 + 2 + len(CATEGORIES) + 1
+    # the rows table (header, alignment, two rows), then the breakdown (header, alignment, one
+    # row per category and the total)
+    assert table[0].startswith("| model | norm | pass |") and table[2].startswith("| cnn | bn |")
+    assert table[4].startswith("| category |") and len(table) == 4 + 2 + len(CATEGORIES) + 1
 
 
 def test_startup_quick_reports_cold_and_warm(tmp_path):

@@ -100,9 +100,11 @@ class Conv2d(Function):
 
         def share(images: slice) -> None:
             for part, cols in self.columns(images):
-                y[part] = xp.matmul(w2, cols).reshape(-1, O, OH, self.width // OH)[..., :OW]
-            if bias is not None:
-                y[images] += bias[:, None, None]
+                full = xp.matmul(w2, cols).reshape(-1, O, OH, self.width // OH)[..., :OW]
+                if bias is None:
+                    y[part] = full
+                else:  # added while the chunk is in cache
+                    xp.add(full, bias[:, None, None], out=y[part])
 
         threads.parallel_map(share, self.shares())
         return y
