@@ -1,5 +1,6 @@
 """CUDA kernels: the same functions as `cpu.py` (the norm family, im2col/col2im, max pooling),
-on CuPy arrays.
+on CuPy arrays. Not here: the column kernels and ReLU, which `kernels` composes from CuPy's
+array operations on a GPU, and the shifted rows, the CPU's stride-1 convolution layout.
 
 `w`/`b` are None when there is no elementwise affine (a 1×1 placeholder and a flag reach the
 kernel); the row arrays (N, C) must already be contiguous and in the data's dtype, except the
