@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -246,3 +247,33 @@ def write_json(path: str, info: dict, rows: list[dict], **settings: Any) -> None
     with open(path, "w") as f:
         json.dump({"machine": info, "settings": settings, "rows": rows}, f, indent=1)
         f.write("\n")
+
+
+def run_in_process(python: str, script: str, spec: dict) -> dict | None:
+    """Run `script --child SPEC` (the spec as JSON) in a fresh `python` process and return the
+    JSON object it prints last; None when it exits with 3 (its framework is not installed)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [here, *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # so the child finds `common`
+    done = subprocess.run(
+        [python, script, "--child", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
+    if done.returncode == 3:
+        return None
+    if done.returncode != 0:
+        raise RuntimeError(f"{spec.get('framework')} process failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def child_main(args: Any, child: Callable[[dict], dict]) -> int:
+    """The `--child SPEC` side of `run_in_process`: print `child(spec)` as JSON; exit 3 when
+    the framework it imports is not installed."""
+    try:
+        result = child(json.loads(args.child))
+    except ModuleNotFoundError as error:
+        if error.name in ("torch", "tinynorm"):
+            print(f"{error.name} is not installed", file=sys.stderr)
+            return 3
+        raise
+    print(json.dumps(result))
+    return 0

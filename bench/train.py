@@ -36,10 +36,7 @@ none: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/train.py ...`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +45,6 @@ from typing import Any
 
 import common
 
-HERE = Path(__file__).resolve().parent
 MODELS = ("main", "cnn")
 NORMS = ("bn", "gn")
 MODES = ("train", "infer")
@@ -222,23 +218,6 @@ def child_torch(spec: dict, weights: dict, x: Any, y: Any) -> dict:
     }
 
 
-def launch(python: str, spec: dict) -> dict | None:
-    """Run `child(spec)` in a fresh `python` process; None when the framework is missing."""
-    paths = [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # for `step_profile`
-    done = subprocess.run(
-        [python, str(HERE / "train.py"), "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if done.returncode == 3:  # the framework is not installed there
-        return None
-    if done.returncode != 0:
-        raise RuntimeError(f"{spec['framework']} process failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.splitlines()[-1])
-
-
 def initial_weights(model: str, norm: str, path: Path) -> None:
     """tinynorm's initial parameters of `model` (seed 0), saved as a plain .npz."""
     import numpy as np
@@ -292,7 +271,8 @@ def measure(args: argparse.Namespace, folder: Path) -> tuple[list[dict], list[di
                 for _ in range(args.rounds):
                     for framework in frameworks:
                         python = args.torch_python if framework == "torch" else sys.executable
-                        result = launch(python, spec | {"framework": framework})
+                        spec["framework"] = framework
+                        result = common.run_in_process(python, __file__, spec)
                         if result is not None:
                             results[framework].append(result)
                 rows.append(summarize(spec, results))
@@ -301,7 +281,7 @@ def measure(args: argparse.Namespace, folder: Path) -> tuple[list[dict], list[di
                 spec = {"model": model, "norm": norm, "mode": "train", "weights": str(weights)}
                 spec |= {"steps": args.steps, "threads": args.threads, "profile": True}
                 spec |= {"framework": "tinynorm"} | ({"batch": 8} if args.quick else {})
-                parts = launch(sys.executable, spec)["breakdown"]
+                parts = common.run_in_process(sys.executable, __file__, spec)["breakdown"]
                 breakdowns.append({"model": model, "norm": norm, "parts": parts})
     return rows, breakdowns
 
@@ -386,16 +366,7 @@ def breakdown_table(entry: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        spec = json.loads(args.child)
-        try:
-            result = child(spec)
-        except ModuleNotFoundError as error:
-            if error.name in ("torch", "tinynorm"):
-                print(f"{error.name} is not installed", file=sys.stderr)
-                return 3
-            raise
-        print(json.dumps(result))
-        return 0
+        return common.child_main(args, child)
     import numba  # noqa: F401  (only so that `machine` reports the versions in use)
     import numpy  # noqa: F401
 

@@ -79,3 +79,27 @@ def test_startup_quick_reports_cold_and_warm(tmp_path):
     assert settings["numba_cache_dir"] and not Path(settings["numba_cache_dir"]).exists()
     assert "--train-limit" in settings["command"]
     assert table[0].startswith("| start | first batch s |") and len(table) == 2 + 2
+
+
+def test_layers_quick_times_every_layer_in_its_own_process(tmp_path):
+    """bench/layers.py --quick: one row per norm layer PyTorch also has, tinynorm timed."""
+    out = tmp_path / "layers.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "layers.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["layer"] for r in rows] == [
+        "BatchNorm2d",
+        "GroupNorm(8)",
+        "InstanceNorm2d(affine)",
+        "LayerNorm(C, H, W)",
+        "BatchNorm1d",
+    ]
+    for row in rows:
+        assert row["tinynorm"] > 0
+        assert ("torch" in row) == ("ratio_to_torch" in row)
+    assert sum(line.startswith("| ") for line in done.stdout.splitlines()) == 2 + len(rows)
