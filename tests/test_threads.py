@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -115,3 +116,16 @@ def test_freed_memory_serves_the_next_allocation_without_page_faults():
     assert faults["tinynorm"] < 100
     assert faults["numpy"] > 5 * 2000  # of the 5 · 4 · 2,048 pages touched
     assert tn.memory.keep_freed_memory()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_parallel_map_works_in_a_forked_child():
+    """A child forked after the pool started gets a pool of its own (the parent's threads are
+    not there)."""
+    assert threads.parallel_map(lambda i: i, range(2)) == [0, 1]
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the map completes (killed after 30 s if it hangs)
+        signal.alarm(30)
+        os._exit(0 if threads.parallel_map(lambda i: i * 2, range(3)) == [0, 2, 4] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

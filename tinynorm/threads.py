@@ -15,6 +15,7 @@ runs serial Numba kernels compiled without the GIL and one-thread BLAS calls (wh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from itertools import pairwise
@@ -54,6 +55,16 @@ def split(count: int, parts: int) -> list[slice]:
     parts = max(1, min(parts, count))
     bounds = [count * k // parts for k in range(parts + 1)]
     return [slice(a, b) for a, b in pairwise(bounds)]
+
+
+def _forget_workers() -> None:
+    """In a forked child the pool's threads do not exist: the next `parallel_map` makes one."""
+    global _workers
+    _workers = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
 
 
 def parallel_map(task: Callable[[T], R], items: Sequence[T]) -> list[R]:
