@@ -23,7 +23,6 @@ import statistics
 import sys
 
 import common
-from train import timed
 
 NCHW = (64, 32, 28, 28)
 # name -> (layer constructor name, arguments, input shape); the same names in both frameworks
@@ -61,7 +60,7 @@ def child(spec: dict) -> dict:
         layer(xt).backward(dyt)
         xt.grad = None  # as in training: dx is handed on, not added to a previous one
 
-    return {"ms": 1e3 * timed(step, spec["steps"])}
+    return {"ms": 1e3 * common.median_time(step, spec["steps"], warmup=3)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -39,7 +39,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -52,33 +51,34 @@ TRAIN_BATCH, INFER_BATCH = 128, 1000
 LR, MOMENTUM, WEIGHT_DECAY = 0.02, 0.9, 5e-4  # the main job's SGD
 WARMUP = 3
 
-# (layer, arguments) in order; "norm" becomes the model's norm for that many channels
+FLATTEN, RELU = ("Flatten", (), {}), ("ReLU", (), {})
+
+
+def conv_block(cin: int, cout: int, k: int) -> list:
+    """conv k×k (padding k // 2) → norm → ReLU → max-pool 2, as (layer, arguments, keywords)."""
+    return [
+        ("Conv2d", (cin, cout, k), {"padding": k // 2}),
+        ("norm", (cout,), {}),
+        RELU,
+        ("MaxPool2d", (2,), {}),
+    ]
+
+
+# (layer, arguments, keywords) in order; "norm" becomes the model's norm for that many channels
 LAYERS = {
     "main": [
-        ("Conv2d", (1, 16, 5), {"padding": 2}),
-        ("norm", (16,), {}),
-        ("ReLU", (), {}),
-        ("MaxPool2d", (2,), {}),
-        ("Conv2d", (16, 32, 5), {"padding": 2}),
-        ("norm", (32,), {}),
-        ("ReLU", (), {}),
-        ("MaxPool2d", (2,), {}),
-        ("Flatten", (), {}),
+        *conv_block(1, 16, 5),
+        *conv_block(16, 32, 5),
+        FLATTEN,
         ("Linear", (32 * 7 * 7, 10), {}),
     ],
     "cnn": [
-        ("Conv2d", (1, 32, 3), {"padding": 1}),
-        ("norm", (32,), {}),
-        ("ReLU", (), {}),
-        ("MaxPool2d", (2,), {}),
-        ("Conv2d", (32, 64, 3), {"padding": 1}),
-        ("norm", (64,), {}),
-        ("ReLU", (), {}),
-        ("MaxPool2d", (2,), {}),
-        ("Flatten", (), {}),
+        *conv_block(1, 32, 3),
+        *conv_block(32, 64, 3),
+        FLATTEN,
         ("Linear", (64 * 7 * 7, 128), {}),
         ("norm1d", (128,), {}),
-        ("ReLU", (), {}),
+        RELU,
         ("Linear", (128, 10), {}),
     ],
 }
@@ -110,17 +110,6 @@ def fused(nn: Any, layers: list, fuse_conv: Any, fuse_linear: Any) -> Any:
         else:
             out.append(layer)
     return nn.Sequential(*out).eval()
-
-
-def timed(step: Any, steps: int) -> float:
-    """Median seconds of `steps` calls of `step` after WARMUP calls."""
-    times = []
-    for i in range(WARMUP + steps):
-        began = time.perf_counter()
-        step()
-        if i >= WARMUP:
-            times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def child(spec: dict) -> dict:
@@ -157,7 +146,7 @@ def child_tinynorm(spec: dict, weights: dict, x: Any, y: Any) -> dict:
             with tn.no_grad():
                 model(xt)
 
-        return {"ms": 1e3 * timed(forward, spec["steps"])}
+        return {"ms": 1e3 * common.median_time(forward, spec["steps"], WARMUP)}
     opt = tn.optim.SGD(
         model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
     )
@@ -171,7 +160,7 @@ def child_tinynorm(spec: dict, weights: dict, x: Any, y: Any) -> dict:
         return loss.item()
 
     first_loss = step()
-    result = {"ms": 1e3 * timed(step, spec["steps"]), "first_loss": first_loss}
+    result = {"ms": 1e3 * common.median_time(step, spec["steps"], WARMUP), "first_loss": first_loss}
     if spec.get("profile"):
         from step_profile import breakdown
 
@@ -197,7 +186,7 @@ def child_torch(spec: dict, weights: dict, x: Any, y: Any) -> dict:
             with torch.no_grad():
                 model(xt)
 
-        return {"ms": 1e3 * timed(forward, spec["steps"])}
+        return {"ms": 1e3 * common.median_time(forward, spec["steps"], WARMUP)}
     opt = torch.optim.SGD(
         model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
     )
@@ -212,7 +201,7 @@ def child_torch(spec: dict, weights: dict, x: Any, y: Any) -> dict:
 
     first_loss = step()
     return {
-        "ms": 1e3 * timed(step, spec["steps"]),
+        "ms": 1e3 * common.median_time(step, spec["steps"], WARMUP),
         "first_loss": first_loss,
         "torch": torch.__version__,
     }

@@ -29,7 +29,7 @@ work fused per run while it is in cache (on a GPU: composed from the kernels abo
 and, for the convolution's GEMMs, `im2col` (each image's window columns) and its adjoint
 `col2im` (on the CPU: serial and without the GIL, the convolution runs them in threads); for
 max pooling, `max_pool` (values and argmax) and `max_pool_backward`; `relu` and its backward;
-`transpose`, a blocked 2-d transposed copy (batch norm of (N, C) inputs works on the transpose).
+`transpose`, a blocked 2-d transposed copy (`permute` of a 2-d tensor).
 
 Thread safety: Numba's `workqueue` threading layer aborts the process when two Python threads
 launch parallel kernels at once (`tbb` and `omp` are thread-safe). Under it, and until the layer

@@ -11,7 +11,7 @@ Every differentiable op is a `Function` subclass working on plain arrays (NumPy 
 
 `Mul.apply(x, y)` runs `forward` on the tensors' arrays and, when a gradient is wanted, links
 the result to its inputs. The same mechanism serves fused ops: a `Function` whose forward and
-backward are closed forms computed by a few array operations (conv2d as im2col + one GEMM,
+backward are closed forms computed by a few array operations (conv2d as columns + GEMMs,
 cross_entropy) or by Numba kernels (every norm layer) is an op like any other: one node in the
 graph, never autograd through a chain of small elementwise ops.
 

@@ -1,13 +1,13 @@
-"""2-d convolution as one fused op: im2col + one GEMM forward, one GEMM per gradient backward,
-over chunks of the batch small enough to stay in cache.
+"""2-d convolution as one fused op: per image, one GEMM forward and one per gradient backward,
+over chunks of the batch small enough to stay in cache, a share of the batch per thread.
 
-im2col in one picture: the column matrix cols (C·kh·kw, N·OH·OW) holds, at row (c, i, j) and
-column (n, h, w), the input value x[n, c, h·sh + i - ph, w·sw + j - pw] (0 in the padding), so
-the convolution becomes one matrix product with the weight as (O, C·kh·kw); `col2im` is its
+im2col in one picture: image n's column matrix cols_n (C·kh·kw, OH·OW) holds, at row (c, i, j)
+and column (h, w), the input value x[n, c, h·sh + i - ph, w·sw + j - pw] (0 in the padding), so
+the convolution becomes a matrix product with the weight as (O, C·kh·kw); `col2im` is its
 adjoint: it adds each column entry back to where it came from. Both are kernels
-(`tinynorm.kernels`, Numba on the CPU and CUDA on the GPU). The argument checks (`pair`,
-`check_input`, `output_size`) are shared with pooling.
-"""
+(`tinynorm.kernels`, Numba on the CPU and CUDA on the GPU); stride 1 on the CPU uses the
+shifted rows of the padded image instead (see `Conv2d`). The argument checks (`pair`,
+`check_input`, `output_size`) are shared with pooling."""
 
 from __future__ import annotations
 
