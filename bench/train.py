@@ -27,7 +27,7 @@ their range and tinynorm's ratio to PyTorch. Both start from the same weights (t
 initialization, saved to an .npz), so the first training losses agree. PyTorch runs in
 `--torch-python` (default: this interpreter), as it is only ever a point of comparison.
 A last tinynorm process per model and norm splits the training step by category
-(`step_profile.StepProfile`).
+(`step_profile.breakdown`, from the engine's profiling hook `tinynorm.profile()`).
 
 Run it alone on the machine, with the host's OpenBLAS overrides unset as a user's machine has
 none: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/train.py ...`.
@@ -127,6 +127,8 @@ def child(spec: dict) -> dict:
 
 
 def child_tinynorm(spec: dict, weights: dict, x: Any, y: Any) -> dict:
+    from step_profile import breakdown, train_step
+
     import tinynorm as tn
     import tinynorm.nn.functional as F
     from tinynorm import nn
@@ -152,19 +154,16 @@ def child_tinynorm(spec: dict, weights: dict, x: Any, y: Any) -> dict:
     )
     xt, yt = tn.tensor(x), tn.tensor(y)
 
-    def step() -> float:
-        loss = F.cross_entropy(model(xt), yt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
+    def loss_of_batch() -> tn.Tensor:
+        return F.cross_entropy(model(xt), yt)
+
+    def step() -> float:  # zero_grad, backward, step: the same as the breakdown's
+        return train_step(loss_of_batch, opt)
 
     first_loss = step()
     result = {"ms": 1e3 * common.median_time(step, spec["steps"], WARMUP), "first_loss": first_loss}
     if spec.get("profile"):
-        from step_profile import breakdown
-
-        result["breakdown"] = breakdown(step, opt, spec["steps"])
+        result["breakdown"] = breakdown(loss_of_batch, model, opt, spec["steps"])
     return result
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from . import nn, optim
-from .autograd import enable_grad, is_grad_enabled, no_grad
+from .autograd import enable_grad, is_grad_enabled, no_grad, profile
 from .creation import arange, ones, rand, randn, zeros
 from .gradcheck import GradcheckError, gradcheck
 from .memory import keep_freed_memory
@@ -40,6 +40,7 @@ __all__ = [
     "no_grad",
     "ones",
     "optim",
+    "profile",
     "rand",
     "randn",
     "save",
