@@ -53,6 +53,7 @@ import numba
 import numpy as np
 
 from . import cpu
+from .formulas import dx_terms, pool_moments
 
 _LAUNCH = threading.Lock()
 _layer: str | None = None  # Numba's threading layer, once known
@@ -274,77 +275,85 @@ def _channel(x, a, default: float):
     return _filled(x.shape[1], default if a is None else a, x)
 
 
-def normalize_runs(x, k: int, eps: float, gamma=None, beta=None, w=None, b=None):
+def normalize_runs(x, k: int, eps: float, gamma=None, beta=None, w=None, b=None, centered=True):
     """Normalization over runs of k consecutive rows (InstanceNorm: k = 1; GroupNorm: k = C/G;
     LayerNorm on its (N, 1, S) view: k = 1), m = k·S values a statistic, fused per run:
 
-        mean = Σ x / m,  var = Σ (x - mean)² / m,  ρ = 1/sqrt(var + eps),
-        y = (x - mean)·ρ·gamma[c]·w[c, s] + beta[c] + b[c, s]
+        c = Σ x / m, σ² = Σ (x - c)² / m;  or, not `centered`: c = 0, σ² = Σ x² / m
+        ρ = 1/sqrt(σ² + eps),  y = (x - c)·ρ·gamma[c]·w[c, s] + beta[c] + b[c, s]
 
     x (N, C, S); gamma, beta (C,) or None (1, 0); w, b (C, S) tables or None. Returns y (x's
-    shape and dtype), mean and rstd = ρ (N, C/k) in float64."""
+    shape and dtype), the centers c and rstd = ρ (N, C/k) in float64."""
     x = _view(x)
     if on_gpu(x):
-        return normalize_runs_composed(x, k, eps, gamma, beta, w, b)
+        return normalize_runs_composed(x, k, eps, gamma, beta, w, b, centered)
     shape = (x.shape[0], _runs(x, k))
     y, mean, rstd = np.empty_like(x), np.empty(shape), np.empty(shape)
     gamma, beta = _channel(x, gamma, 1), _channel(x, beta, 0)
-    _cpu.normalize_runs(x, k, float(eps), gamma, beta, *_affine_tables(x, w, b), y, mean, rstd)
+    tables = _affine_tables(x, w, b)
+    _cpu.normalize_runs(x, k, float(eps), centered, gamma, beta, *tables, y, mean, rstd)
     return y, mean, rstd
 
 
-def combine_runs(dy, x, k: int, mean, rstd, gamma=None, w=None):
-    """The backward of `normalize_runs` (its statistics differentiated), fused per run. With
-    dx̂ = gamma[c]·dy·w[c, s], x̂ = (x - mean)·ρ and ⟨·⟩ the mean over a run's m = k·S values:
+def combine_runs(dy, x, k: int, mean, rstd, gamma=None, w=None, centered=True):
+    """The backward of `normalize_runs` (its statistics differentiated), fused per run: with
+    g = gamma[c]·dy·w[c, s], ⟨·⟩ the mean over a run's m = k·S values and `formulas.dx_terms`,
 
-        dx = ρ·(dx̂ - ⟨dx̂⟩ - x̂·⟨dx̂·x̂⟩),
-        sum_dy = Σ_s dy·w,  sum_dyx = Σ_s dy·w·(x - mean)   per row, without gamma
+        dx = ρ·g + beta·(x - c) + delta,
+        sum_dy = Σ_s dy·w,  sum_dyx = Σ_s dy·w·(x - c)   per row, without gamma
 
     (the sums give the affine's gradients: dβ[c] = Σ_n sum_dy, dγ[c] = Σ_n ρ·sum_dyx).
-    dy, x (N, C, S); mean, rstd (N, C/k) as `normalize_runs` returns them; gamma (C,) or None;
-    w (C, S) or None. Returns dx (x's shape and dtype), sum_dy and sum_dyx (N, C) in float64."""
+    dy, x (N, C, S); mean (the centers c), rstd (N, C/k) as `normalize_runs` returns them; gamma
+    (C,) or None; w (C, S) or None. Returns dx (x's shape and dtype), sum_dy and sum_dyx (N, C)
+    in float64."""
     x, dy = _view(x), _view(dy)
     if on_gpu(x):
-        return combine_runs_composed(dy, x, k, mean, rstd, gamma, w)
+        return combine_runs_composed(dy, x, k, mean, rstd, gamma, w, centered)
     mean, rstd = _run_stats(x, k, mean, rstd)
     dx, sums = np.empty_like(x), (np.empty(x.shape[:2]), np.empty(x.shape[:2]))
-    _cpu.combine_runs(dy, x, k, mean, rstd, _channel(x, gamma, 1), *_tables(x, w), dx, *sums)
+    gamma, w = _channel(x, gamma, 1), _tables(x, w)[0]
+    _cpu.combine_runs(dy, x, k, centered, mean, rstd, gamma, w, dx, *sums)
     return dx, *sums
 
 
-def normalize_runs_composed(x, k: int, eps: float, gamma=None, beta=None, w=None, b=None):
+def normalize_runs_composed(
+    x, k: int, eps: float, gamma=None, beta=None, w=None, b=None, centered=True
+):
     """`normalize_runs` from the row kernels, for any array module (the path on a GPU):
-    row_moments, the rows pooled per run (M2 = Σ M2_row + S·Σ (mean_row - mean)²), normalize."""
+    row_moments, the rows pooled per run (`formulas.pool_moments`), normalize."""
     x = _view(x)
-    xp = _xp(x)
     N, _, S = x.shape
     G = _runs(x, k)
     row_mean, row_m2 = row_moments(x)
-    mean = row_mean.reshape(N, G, k).mean(axis=2)
-    m2 = (row_m2 + S * (row_mean - _per_row(mean, k)) ** 2).reshape(N, G, k).sum(axis=2)
-    rstd = 1.0 / xp.sqrt(m2 / (k * S) + eps)
+    mean, m2, m = (
+        a[..., 0] for a in pool_moments(row_mean.reshape(N, G, k), row_m2.reshape(N, G, k), S, 2)
+    )
+    var = m2 / m
+    if not centered:
+        var, mean = var + mean * mean, 0 * mean
+    rstd = 1.0 / _xp(x).sqrt(var + eps)
     scale = _per_row(rstd, k) * (1 if gamma is None else gamma)
     y = normalize(x, _per_row(mean, k), scale, 0 if beta is None else beta, w, b)
     return y, mean, rstd
 
 
-def combine_runs_composed(dy, x, k: int, mean, rstd, gamma=None, w=None):
+def combine_runs_composed(dy, x, k: int, mean, rstd, gamma=None, w=None, centered=True):
     """`combine_runs` from the row kernels, for any array module (the path on a GPU):
-    row_grad_sums, the coefficients of dx pooled per run, combine."""
+    row_grad_sums, `formulas.dx_terms` per run, combine."""
     x, dy = _view(x), _view(dy)
     N, _, S = x.shape
     G = _runs(x, k)
     mean, rstd = _run_stats(x, k, mean, rstd)
     center = _per_row(mean, k)
     sum_dy, sum_dyx = row_grad_sums(dy, x, center, w)
-    g = 1 if gamma is None else gamma  # dx̂ = g·dy·w
+    g = 1 if gamma is None else gamma  # dL/dx̂ = g·dy·w
 
     def run_mean(rows):
         return (g * rows).reshape(N, G, k).sum(axis=2) / (k * S)
 
+    beta, delta = dx_terms(rstd, run_mean(sum_dy), run_mean(sum_dyx), centered, True)
     alpha = _per_row(rstd, k) * g
-    beta = _per_row(-rstd * rstd * rstd * run_mean(sum_dyx), k)
-    delta = _per_row(-rstd * run_mean(sum_dy), k)
+    beta, delta = _per_row(beta, k), _per_row(delta, k)
     return combine(dy, x, center, alpha, beta, delta, w), sum_dy, sum_dyx
 
 

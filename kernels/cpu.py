@@ -35,6 +35,8 @@ import functools
 import numpy as np
 from numba import njit, prange
 
+from .formulas import dx_terms
+
 FLAGS = {"reassoc", "contract", "nsz"}  # SIMD reductions; keeps NaN and inf semantics
 COLUMN_BLOCK = 1024  # positions per task in column_grad_sums
 
@@ -160,13 +162,14 @@ def combine(dy, x, center, alpha, beta, delta, w, dx=None):
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)
-def normalize_runs(x, k, eps, gamma, beta, w, b, y, mean, rstd):
+def normalize_runs(x, k, eps, centered, gamma, beta, w, b, y, mean, rstd):
     """Per-sample statistics fused with their output, per run of k consecutive rows (one
     contiguous block of m = k·S values, visited while it is in cache): the run's mean and
-    M2 = Σ (x - mean)² (float64, two passes), ρ = 1/sqrt(M2/m + eps), then
-    y = (x - mean) · ρ · gamma[c] · w[c, s] + beta[c] + b[c, s].
-    x, y (N, C, S); gamma, beta (C,) in x's dtype; w, b (C, S) or (0, 0); mean and rstd, the
-    outputs (N, C/k), in float64."""
+    M2 = Σ (x - mean)² (float64, two passes), then the center c = mean and σ² = M2/m, or, not
+    `centered`, c = 0 and σ² = ⟨x²⟩ = M2/m + mean² (RMSNorm, FRN); ρ = 1/sqrt(σ² + eps) and
+    y = (x - c) · ρ · gamma[c] · w[c, s] + beta[c] + b[c, s].
+    x, y (N, C, S); gamma, beta (C,) in x's dtype; w, b (C, S) or (0, 0); the outputs mean
+    (the center c) and rstd (ρ), (N, C/k), in float64."""
     N, C, S = x.shape
     G = C // k
     cast = x.dtype.type
@@ -174,7 +177,11 @@ def normalize_runs(x, k, eps, gamma, beta, w, b, y, mean, rstd):
         n, g = j // G, j % G
         lo = g * k
         mu, m2 = _moments(x, n, lo, lo + k)
-        r = 1.0 / np.sqrt(m2 / (k * S) + eps)
+        var = m2 / (k * S)
+        if not centered:
+            var += mu * mu
+            mu = 0.0
+        r = 1.0 / np.sqrt(var + eps)
         mean[n, g], rstd[n, g] = mu, r
         for c in range(lo, lo + k):
             _normalize_row(x, y, n, c, cast(mu), cast(r * gamma[c]), beta[c], w, b)
@@ -182,14 +189,14 @@ def normalize_runs(x, k, eps, gamma, beta, w, b, y, mean, rstd):
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)
-def combine_runs(dy, x, k, mean, rstd, gamma, w, dx, sum_dy, sum_dyx):
+def combine_runs(dy, x, k, centered, mean, rstd, gamma, w, dx, sum_dy, sum_dyx):
     """The backward of `normalize_runs` (its statistics differentiated), per run of k rows read
-    twice while in cache. Pass 1, per row: sum_dy = Σ_s dy·w, sum_dyx = Σ_s dy·w·(x - mean)
-    (float64, w = 1 when empty; without gamma: the caller's dγ, dβ). Then with dx̂ = gamma[c]·dy·w
-    and m = k·S: ⟨dx̂⟩ = Σ gamma·sum_dy / m, ⟨dx̂·x̂⟩ = ρ·Σ gamma·sum_dyx / m over the run's rows;
-    pass 2: dx = ρ·dx̂ - ρ²·⟨dx̂·x̂⟩·(x - mean) - ρ·⟨dx̂⟩, the coefficients in float64.
-    dy, x, dx (N, C, S); mean, rstd (N, C/k) float64; gamma (C,); w (C, S) or (0, 0); the
-    outputs sum_dy, sum_dyx (N, C) float64."""
+    twice while in cache. Pass 1, per row: sum_dy = Σ_s dy·w, sum_dyx = Σ_s dy·w·(x - c)
+    (float64, w = 1 when empty; without gamma: the caller's dγ, dβ). Then with g = gamma[c]·dy·w
+    and m = k·S, ⟨g⟩ and ⟨g·(x - c)⟩ over the run give `formulas.dx_terms`' beta and delta;
+    pass 2: dx = ρ·g + beta·(x - c) + delta, the coefficients in float64.
+    dy, x, dx (N, C, S); mean (the center c), rstd (N, C/k) float64; gamma (C,); w (C, S) or
+    (0, 0); the outputs sum_dy, sum_dyx (N, C) float64."""
     N, C, S = x.shape
     G = C // k
     m = k * S
@@ -205,8 +212,7 @@ def combine_runs(dy, x, k, mean, rstd, gamma, w, dx, sum_dy, sum_dyx):
             sum_dy[n, c], sum_dyx[n, c] = a, b
             total += gamma[c] * a
             total_x += gamma[c] * b
-        beta = -r * r * (r * total_x / m)
-        delta = -r * (total / m)
+        beta, delta = dx_terms(r, total / m, total_x / m, centered, True)
         for c in range(lo, lo + k):
             _combine_row(dy, x, dx, n, c, center, r * gamma[c], beta, delta, w)
     return dx

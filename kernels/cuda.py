@@ -13,7 +13,7 @@ Reductions are two-stage. Stage 1: a block of THREADS threads reduces one chunk 
 of one row in shared memory, so a few long rows still fill the GPU with (rows × chunks) blocks
 (rows on the grid's x axis, which allows 2³¹ - 1 blocks; chunks on y, at most 65,535).
 Stage 2 folds the per-chunk partials of each row on the (rows, chunks) arrays: plain sums for
-gradient sums, Chan's formula for the moments (M2 = Σ M2ᵢ + Σ nᵢ (meanᵢ - mean)²). Elementwise
+gradient sums, `formulas.pool_moments` (Chan's formula) for the moments. Elementwise
 kernels use one thread per value with consecutive threads on consecutive addresses (coalesced).
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 from numba import config, cuda, float64
 
 from . import _xp  # the array module of the data: CuPy on a GPU, NumPy in the simulator
+from .formulas import pool_moments
 
 # threads per block (a power of two); the simulator runs each thread in Python, so it gets fewer
 THREADS = 32 if config.ENABLE_CUDASIM else 128
@@ -164,8 +165,7 @@ def row_moments(x, chunk: int = CHUNK):
     m2 = xp.empty((N * C, chunks))
     _chunk_moments[(N * C, chunks), THREADS](_rows(x), S, chunk, mean, m2)
     counts = xp.asarray([min(chunk, S - j * chunk) for j in range(chunks)], dtype=np.float64)
-    row_mean = (mean * counts).sum(axis=1) / S
-    row_m2 = (m2 + counts * (mean - row_mean[:, None]) ** 2).sum(axis=1)
+    row_mean, row_m2, _ = pool_moments(mean, m2, counts, 1)
     return row_mean.reshape(N, C), row_m2.reshape(N, C)
 
 

@@ -1,7 +1,8 @@
 """Normalization layers: PyTorch's names, arguments, defaults and state_dict keys.
 
 The layers hold the parameters (γ = `weight`, β = `bias`) and the running estimates; the math
-lives in `tinynorm.ops.normalization` (functional forms) and `tinynorm.ops.norm` (the fused op).
+lives in `tinynorm.ops.norms` (the functional forms, `F.batch_norm` and the like), which name a
+`Statistic` for the one op `tinynorm.ops.normalize.Normalize`.
 Every layer checks its input (dtype, rank, channels) before it changes any state, and a batch
 without values (N = 0 or an empty spatial dim) gives an empty output and changes no state, not
 even the step count (PyTorch counts it, which would skew momentum=None's cumulative average).
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from ..ops.norm import check_dtype
+from ..ops.normalize import check_dtype
 from ..tensor import Tensor
 from .module import Module, Parameter
 
@@ -38,33 +39,35 @@ class _NormBase(Module):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
+        *,
+        scale: bool = True,
+        estimates: tuple[str, ...] = ("running_mean", "running_var"),
     ):
+        """`scale`: whether the affine has a γ (mean-only batch norm has β alone); `estimates`:
+        the running buffers when tracked (the mean starts at 0, the others at 1)."""
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         self.register_parameter(
-            "weight", Parameter(np.ones(num_features, np.float32)) if affine else None
+            "weight", Parameter(np.ones(num_features, np.float32)) if affine and scale else None
         )
         self.register_parameter(
             "bias", Parameter(np.zeros(num_features, np.float32)) if affine else None
         )
-        if track_running_stats:
-            self.register_buffer("running_mean", Tensor(np.zeros(num_features, np.float32)))
-            self.register_buffer("running_var", Tensor(np.ones(num_features, np.float32)))
-            self.register_buffer("num_batches_tracked", Tensor(np.zeros((), np.int64)))
-        else:
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                self.register_buffer(name, None)
+        self._estimates = estimates
+        for name in estimates:
+            init = np.zeros if name == "running_mean" else np.ones
+            value = Tensor(init(num_features, np.float32)) if track_running_stats else None
+            self.register_buffer(name, value)
+        count = Tensor(np.zeros((), np.int64)) if track_running_stats else None
+        self.register_buffer("num_batches_tracked", count)
 
     def reset_running_stats(self) -> None:
-        for name, value in (
-            ("running_mean", 0),
-            ("running_var", 1),
-            ("running_std", 1),
-            ("num_batches_tracked", 0),
-        ):
-            if self._buffers.get(name) is not None:
-                self._buffers[name].data[...] = value
+        """The running estimates as at construction: mean 0, the others 1, no batch counted."""
+        for name in (*self._estimates, "num_batches_tracked"):
+            buffer = self._buffers.get(name)
+            if buffer is not None:
+                buffer.data[...] = 0 if name in ("running_mean", "num_batches_tracked") else 1
 
     def _check(self, x: Tensor) -> None:
         check_dtype(type(self).__name__, x)
@@ -80,9 +83,10 @@ class _NormBase(Module):
         values (an empty batch changes no state)."""
         return self.training and x.numel() > 0
 
-    def _averaging_factor(self, x: Tensor) -> float:
-        """The weight of batch `x` in the running estimates: `momentum`, or 1/t for the
-        cumulative average of all t batches so far when momentum is None."""
+    def _count_step(self, x: Tensor) -> float:
+        """Count batch `x` when it is a training step (`num_batches_tracked` += 1) and return
+        its weight in the running estimates: `momentum`, or 1/t for the cumulative average of
+        all t batches so far when momentum is None."""
         if self._is_step(x) and self.track_running_stats:
             self.num_batches_tracked.data += 1
             if self.momentum is None:
@@ -103,7 +107,7 @@ class _BatchNorm(_NormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        factor = self._averaging_factor(x)
+        factor = self._count_step(x)
         use_batch = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
         return ops.batch_norm(
@@ -190,13 +194,12 @@ class _BatchRenorm(_NormBase):
         rmax_steps: int = 40000,
         dmax_steps: int = 25000,
     ):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
         if momentum is None or not 0 < momentum <= 1:
             raise ValueError(f"BatchRenorm needs a momentum in (0, 1], got {momentum}")
         if rmax < 1 or dmax < 0:
             raise ValueError(f"need rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
-        del self.running_var
-        self.register_buffer("running_std", Tensor(np.ones(num_features, np.float32)))
+        estimates = ("running_mean", "running_std")
+        super().__init__(num_features, eps, momentum, affine, True, estimates=estimates)
         self.rmax, self.dmax = rmax, dmax
         self.warmup_steps, self.rmax_steps, self.dmax_steps = warmup_steps, rmax_steps, dmax_steps
 
@@ -255,12 +258,14 @@ class _MeanOnlyBatchNorm(_NormBase):
     y = x - μ_B + β per channel (no division, no scale); eval subtracts the running mean."""
 
     def __init__(self, num_features: int, momentum: float | None = 0.1, affine: bool = True):
-        super().__init__(num_features, 0.0, momentum, affine, track_running_stats=True)
-        del self.weight, self.running_var
+        estimates = ("running_mean",)
+        super().__init__(
+            num_features, 0.0, momentum, affine, True, scale=False, estimates=estimates
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        factor = self._averaging_factor(x)
+        factor = self._count_step(x)
         return ops.mean_only_batch_norm(x, self.running_mean, self.bias, self.training, factor)
 
     def extra_repr(self) -> str:
@@ -346,6 +351,55 @@ class LayerNorm(Module):
         )
 
 
+class RMSNorm(Module):
+    """RMSNorm (Zhang & Sennrich 2019), PyTorch's `nn.RMSNorm`: y = x/sqrt(⟨x²⟩ + ε)·γ with
+    ⟨x²⟩ over the last len(normalized_shape) dims of each example (no mean subtracted, no β);
+    γ elementwise over normalized_shape (ones); eps=None: the input dtype's machine epsilon."""
+
+    def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+        self.normalized_shape, self.eps = tuple(shape), eps
+        self.elementwise_affine = elementwise_affine
+        weight = (
+            Parameter(np.ones(self.normalized_shape, np.float32)) if elementwise_affine else None
+        )
+        self.register_parameter("weight", weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_dtype("RMSNorm", x)
+        return ops.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        )
+
+
+class FilterResponseNorm2d(Module):
+    """Filter response normalization with its thresholded linear unit (Singh & Krishnan 2019):
+    ν² = ⟨x²⟩ over H×W per sample and channel, y = γ·x/sqrt(ν² + |ε|) + β, z = max(y, τ);
+    γ (ones), β and τ (zeros) per channel. No batch statistics, no running estimates: training
+    and eval compute the same. With `learnable_eps`, ε is a parameter (1,) starting at `eps`."""
+
+    def __init__(self, num_features: int, eps: float = 1e-6, learnable_eps: bool = False):
+        super().__init__()
+        self.num_features, self.learnable_eps = num_features, learnable_eps
+        self.weight = Parameter(np.ones(num_features, np.float32))
+        self.bias = Parameter(np.zeros(num_features, np.float32))
+        self.tau = Parameter(np.zeros(num_features, np.float32))
+        self.eps = Parameter(np.full(1, eps, np.float32)) if learnable_eps else eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_dtype(type(self).__name__, x)
+        _check_rank(self, x, (4,))
+        return ops.filter_response_norm(x, self.weight, self.bias, self.tau, self.eps)
+
+    def extra_repr(self) -> str:
+        eps = float(self.eps.data[0]) if self.learnable_eps else self.eps
+        return f"{self.num_features}, eps={eps}, learnable_eps={self.learnable_eps}"
+
+
 class BatchInstanceNorm2d(_NormBase):
     """Batch-instance normalization (Nam & Kim 2018): y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β with a
     learned gate ρ per channel, initialized to 1 (pure batch norm) and kept in [0, 1] (clipped
@@ -368,7 +422,7 @@ class BatchInstanceNorm2d(_NormBase):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         self.rho.data[...] = self.rho.data.clip(0, 1)
-        factor = self._averaging_factor(x)
+        factor = self._count_step(x)
         use_batch = self.training or self.running_mean is None
         return ops.batch_instance_norm(
             x,
@@ -407,7 +461,7 @@ class SwitchableNorm2d(_NormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        factor = self._averaging_factor(x)
+        factor = self._count_step(x)
         use_batch = self.training or self.running_mean is None
         return ops.switchable_norm(
             x,
@@ -463,7 +517,7 @@ class BatchLayerNorm(_NormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        factor = self._averaging_factor(x)
+        factor = self._count_step(x)
         if self._is_step(x):
             self.batch_size.data[...] = x.shape[0]
         m = int(self.batch_size.data) or x.shape[0]

@@ -10,6 +10,7 @@ from .elementwise import (
     div,
     exp,
     log,
+    maximum,
     mul,
     neg,
     pow,
@@ -21,15 +22,17 @@ from .elementwise import (
     to_device,
 )
 from .matmul import linear, matmul
-from .normalization import (
+from .norms import (
     batch_instance_norm,
     batch_layer_norm,
     batch_norm,
     batch_renorm,
+    filter_response_norm,
     group_norm,
     instance_norm,
     layer_norm,
     mean_only_batch_norm,
+    rms_norm,
     switchable_norm,
 )
 from .pool import avg_pool2d, max_pool2d
@@ -53,6 +56,7 @@ __all__ = [
     "div",
     "dropout",
     "exp",
+    "filter_response_norm",
     "flatten",
     "getitem",
     "group_norm",
@@ -64,6 +68,7 @@ __all__ = [
     "matmul",
     "max",
     "max_pool2d",
+    "maximum",
     "mean",
     "mean_only_batch_norm",
     "mul",
@@ -72,6 +77,7 @@ __all__ = [
     "pow",
     "relu",
     "reshape",
+    "rms_norm",
     "sigmoid",
     "softmax",
     "sqrt",

@@ -21,7 +21,7 @@ from .. import backend, kernels, threads
 from ..autograd import Function
 from ..tensor import Tensor
 from ..threads import get_num_threads
-from .norm import check_dtype
+from .normalize import check_dtype
 
 
 def pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]:

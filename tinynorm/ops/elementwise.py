@@ -122,6 +122,17 @@ class Abs(Function):
         return grad * backend.get_array_module(self.x).sign(self.x)
 
 
+class Maximum(Function):
+    """max(a, b), broadcast; the gradient goes to the larger input (to a on a tie)."""
+
+    def forward(self, a, b):
+        self.a_wins = a >= b
+        return backend.get_array_module(a).maximum(a, b)
+
+    def backward(self, grad):
+        return grad * self.a_wins, grad * ~self.a_wins
+
+
 class ReLU(Function):
     """y = max(x, 0); dy/dx = 1 where x > 0."""
 
@@ -212,6 +223,10 @@ def sqrt(x: Tensor) -> Tensor:
 
 def abs(x: Tensor) -> Tensor:
     return Abs.apply(x)
+
+
+def maximum(a, b) -> Tensor:
+    return Maximum.apply(*_pair(a, b))
 
 
 def relu(x: Tensor) -> Tensor:

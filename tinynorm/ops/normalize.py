@@ -1,0 +1,303 @@
+"""Normalization as one op: a `Statistic` says which values one statistic pools, `Normalize`
+computes the statistics, y, and the closed-form backward.
+
+Every norm views its input as x[n, c, s] (S = the product of the spatial dims), rows r = (n, c):
+
+    BatchNorm       Statistic(across_batch=True)    per channel, over all samples
+    InstanceNorm    Statistic()                     per sample and channel
+    GroupNorm       Statistic(channels=C // G)      per sample and run of C/G channels
+    LayerNorm       Statistic() on a (N, 1, S) view per sample
+    RMSNorm, FRN    centered=False                  c = 0 and σ² = ⟨x²⟩
+    mean-only BN    scaled=False                    ρ = 1
+
+The op computes x̂ = (x - c)·ρ (c = the mean μ, ρ = 1/sqrt(σ² + ε)), x̃ = r·x̂ + d (batch
+renorm's per-channel corrections, else 1 and 0) and y = γ·x̃ + β. Batch statistics are computed
+here from x, so the backward differentiates them (`kernels.formulas.dx_terms`, with dL/dx̂ =
+r·γ·dy); fixed statistics (running estimates) are constants: dx = ρ·r·γ·dy. Always dβ = Σ dy,
+dγ = Σ dy·x̃, summed over N and S per channel, or over N for an elementwise affine.
+
+One formula, three layouts of the kernels:
+
+    runs      per-sample batch statistics (IN, GN, LN, RMSNorm, FRN): each statistic is a run
+              of k consecutive rows, fused (`kernels.normalize_runs` / `combine_runs`)
+    columns   per-channel statistics of an input with S = 1, such as (N, C): the column kernels
+              read the channels as the columns of (N, C), no transpose
+    rows      the rest (BN, batch renorm, mean-only, running estimates): row kernels with
+              per-row coefficients
+
+`Empty` is every norm's answer to an input without values (N = 0 or an empty spatial dim), as
+in PyTorch: an empty output, zero gradients for the parameters, no statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import kernels
+from ..autograd import Function
+from ..backend import get_array_module
+from ..kernels.formulas import dx_terms, pool_moments
+from ..tensor import Tensor
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the kernels take
+
+
+def check_dtype(op: str, x: Tensor) -> None:
+    """The one check of an input dtype for the kernels (every norm layer and functional form
+    calls it before it changes any state, and so do conv2d and pooling): float32 or float64,
+    else a TypeError naming `op` and the dtype."""
+    if x.dtype not in DTYPES:
+        raise TypeError(f"{op}: input dtype {x.dtype} is not supported (float32 or float64)")
+
+
+class Statistic(NamedTuple):
+    """Which values of the (N, C, S) view one statistic pools, and what it removes: the C
+    channels form runs of `channels` consecutive channels; a statistic covers one run of one
+    sample, or of every sample if `across_batch`; `centered` subtracts the mean (else c = 0 and
+    σ² = ⟨x²⟩), `scaled` divides by sqrt(σ² + ε) (else ρ = 1)."""
+
+    across_batch: bool = False
+    channels: int = 1
+    centered: bool = True
+    scaled: bool = True
+
+    def count(self, view: tuple[int, int, int]) -> int:
+        """m: how many values one statistic pools, for an (N, C, S) view."""
+        N, _, S = view
+        return (N if self.across_batch else 1) * self.channels * S
+
+    def _runs(self, rows):
+        """A per-row array (N, C) as (N, C/k, k): one run of k channels per middle index."""
+        N, C = rows.shape
+        return rows.reshape(N, C // self.channels, self.channels)
+
+    def _axes(self):
+        return (0, 2) if self.across_batch else 2
+
+    def moments(self, row_mean, row_m2, S: int):
+        """Each statistic's center c and σ² (biased), (1 or N, C/k), from each row's mean and
+        M2 = Σ_s (x - mean_row)² (S values a row), pooled with `formulas.pool_moments`."""
+        mean, m2, m = pool_moments(self._runs(row_mean), self._runs(row_m2), S, self._axes())
+        var = m2 / m
+        if not self.centered:
+            var, mean = var + mean * mean, 0 * mean
+        return mean[..., 0], var[..., 0]
+
+    def sums(self, rows):
+        """A per-row array (N, C) summed over each statistic's rows: (1 or N, C/k)."""
+        return self._runs(rows).sum(axis=self._axes(), keepdims=True)[..., 0]
+
+    def per_row(self, stats, N: int):
+        """Per-statistic values (1 or N, C/k) broadcast to every row: (N, C)."""
+        xp = get_array_module(stats)
+        G = stats.shape[1]
+        runs = xp.broadcast_to(stats[..., None], (N, G, self.channels))
+        return runs.reshape(N, G * self.channels)
+
+
+def per_channel(a, C: int):
+    """A per-channel array (C,) as a (1, C) row; None stays None."""
+    return None if a is None else a.reshape(1, C)
+
+
+def cast_grad(g, like):
+    """A parameter gradient (float64 sums) in the parameter's dtype and shape; None stays None."""
+    return None if g is None else g.astype(like.dtype).reshape(like.shape)
+
+
+class Normalize(Function):
+    """y = γ·(r·(x - c)·ρ + d) + β over one `Statistic` (see the module docstring).
+
+    forward(x, weight, bias, view=(N, C, S), statistic=..., eps=...), and optionally:
+      learned_eps         a 4th input, a (1,) tensor added to eps (per-sample batch statistics
+                          only): dL/dε = Σ over the statistics of -½·ρ³·Σ dL/dx̂·(x - c)
+      fixed=(c, ρ)        per-channel constants (C,) instead of batch statistics
+      report(c, σ²)       told the batch statistics, (1 or N, C/k): the running estimates' update
+      renorm(c, σ) -> (r, d)   batch renorm's corrections from the batch statistics (1, C)
+      elementwise=True    γ, β span (C, S) (LayerNorm, RMSNorm) instead of one value a channel
+    """
+
+    def forward(
+        self,
+        x,
+        weight,
+        bias,
+        learned_eps=None,
+        *,
+        view,
+        statistic: Statistic,
+        eps: float = 0.0,
+        fixed=None,
+        report: Callable | None = None,
+        renorm: Callable | None = None,
+        elementwise: bool = False,
+    ):
+        N, C, S = view
+        self.statistic, self.shape, self.batch = statistic, x.shape, fixed is None
+        self.weight, self.bias, self.elementwise = weight, bias, elementwise
+        self.runs = self.batch and not statistic.across_batch and report is None
+        if learned_eps is not None:
+            if not self.runs:
+                raise ValueError("a learned eps needs per-sample batch statistics")
+            eps = eps + float(learned_eps.reshape(-1)[0])
+        if self.runs:
+            return self._forward_runs(x.reshape(view), eps).reshape(x.shape)
+        columns = statistic.across_batch and S == 1  # row c of the view (1, C, N) is column c
+        self.kernels = COLUMNS if columns else ROWS
+        self.x = x.reshape(N, C) if columns else x.reshape(view)
+        self.view = (1, C, N) if columns else view
+        xp = get_array_module(x)
+        if self.batch:
+            mean, var = statistic.moments(*self.kernels.moments(self.x), self.view[2])
+            if report is not None:
+                report(mean, var)
+            rstd = 1.0 / xp.sqrt(var + eps) if statistic.scaled else xp.ones_like(var)
+            self.r, self.d = renorm(mean, 1.0 / rstd) if renorm else (None, None)
+            self.rstd_stats = rstd
+            mean, rstd = (statistic.per_row(a, self.view[0]) for a in (mean, rstd))
+        else:
+            mean, rstd = (xp.broadcast_to(xp.asarray(a, np.float64), (1, C)) for a in fixed)
+            self.r = self.d = None
+        self.center, self.rstd = mean, rstd
+        scale = rstd if self.r is None else rstd * self.r
+        shift = 0 if self.d is None else self.d
+        if weight is not None:
+            scale, shift = scale * per_channel(weight, C), shift * per_channel(weight, C)
+        if bias is not None:
+            shift = shift + per_channel(bias, C)
+        y = self.kernels.normalize(self.x, mean.astype(x.dtype), scale, shift)
+        return y.reshape(x.shape)
+
+    def _forward_runs(self, x3, eps: float):
+        """The fused per-sample path: statistics and y in one visit of each run of k rows."""
+        gamma, beta, tables = self.weight, self.bias, (None, None)
+        if self.elementwise:
+            gamma, beta, tables = None, None, affine_tables(x3.shape, self.weight, self.bias)
+        self.x, self.gamma, self.w_table = x3, gamma, tables[0]
+        k, centered = self.statistic.channels, self.statistic.centered
+        y, self.center, self.rstd = kernels.normalize_runs(
+            x3, k, eps, gamma, beta, *tables, centered=centered
+        )
+        return y
+
+    def backward(self, grad):
+        if self.runs:
+            return self._backward_runs(grad.reshape(self.x.shape))
+        need_x, need_w, need_b = self.needs_input_grad
+        dy = grad.reshape(self.x.shape)
+        C = self.view[1]
+        sum_dy, sum_dyx = self.kernels.grad_sums(dy, self.x, self.center.astype(dy.dtype))
+        dw, db = affine_grads(sum_dy, sum_dyx, self.rstd, self.r, self.d)
+        dx = None
+        if need_x:
+            g = 1 if self.r is None else per_channel(self.r, C)  # dL/dx̂ = g·dy
+            if self.weight is not None:
+                g = g * per_channel(self.weight, C).astype(np.float64)
+            alpha = self.rstd * g
+            beta = delta = 0
+            if self.batch:
+                stat, m = self.statistic, self.statistic.count(self.view)
+                beta, delta = dx_terms(
+                    self.rstd_stats,
+                    stat.sums(g * sum_dy) / m,
+                    stat.sums(g * sum_dyx) / m,
+                    stat.centered,
+                    stat.scaled,
+                )
+                beta, delta = (stat.per_row(a, self.view[0]) for a in (beta, delta))
+            center = self.center.astype(dy.dtype)
+            dx = self.kernels.combine(dy, self.x, center, alpha, beta, delta).reshape(self.shape)
+        return (
+            dx,
+            cast_grad(dw if need_w else None, self.weight),
+            cast_grad(db if need_b else None, self.bias),
+        )
+
+    def _backward_runs(self, dy):
+        x3, k = self.x, self.statistic.channels
+        need_x, need_w, need_b, need_eps = (*self.needs_input_grad, False)[:4]
+        xp = get_array_module(x3)
+        center, rstd = (xp.repeat(a, k, axis=1) for a in (self.center, self.rstd))  # per row
+        dx = d_eps = dw = db = None
+        if need_x:
+            dx, *sums = kernels.combine_runs(
+                dy, x3, k, self.center, self.rstd, self.gamma, self.w_table, self.statistic.centered
+            )
+            dx = dx.reshape(self.shape)
+        elif need_w or need_b or need_eps:
+            sums = kernels.row_grad_sums(dy, x3, center, self.w_table)
+        if need_eps:  # Σ dL/dx̂·(x - c) = Σ γ·Σ_s dy·w·(x - c) over each statistic's rows
+            gx = sums[1] * (1 if self.gamma is None else per_channel(self.gamma, x3.shape[1]))
+            d_eps = (-0.5 * self.rstd**3 * self.statistic.sums(gx)).sum().reshape(1)
+        if self.elementwise and (need_w or need_b):
+            db, dw = kernels.column_grad_sums(dy, x3, center, rstd)
+        elif need_w or need_b:
+            dw, db = affine_grads(*sums, rstd)
+        return (
+            dx,
+            cast_grad(dw if need_w else None, self.weight),
+            cast_grad(db if need_b else None, self.bias),
+            None if d_eps is None else d_eps.astype(dy.dtype),
+        )
+
+
+def affine_grads(sum_dy, sum_dyx, rstd, r=None, d=None):
+    """(dγ, dβ) per channel in float64 from the per-row sums Σ_s dy and Σ_s dy·(x - c), with
+    x̃ = r·(x - c)·ρ + d: dγ = Σ_n (r·ρ·Σ_s dy·(x - c) + d·Σ_s dy), dβ = Σ_n Σ_s dy."""
+    xt = sum_dyx * rstd * (1 if r is None else r)
+    if d is not None:
+        xt = xt + sum_dy * d
+    return xt.sum(axis=0), sum_dy.sum(axis=0)
+
+
+def affine_tables(view, weight, bias) -> list:
+    """An elementwise affine's γ and β as (C, S) tables of the (N, C, S) view; None stays None."""
+    return [None if t is None else t.reshape(view[1:]) for t in (weight, bias)]
+
+
+class _Layout(NamedTuple):
+    """The four kernels of one layout, each taking and giving per-row arrays (rows, C)."""
+
+    moments: Callable
+    normalize: Callable
+    grad_sums: Callable
+    combine: Callable
+
+
+def _as_row(f):
+    """A column kernel whose per-column results (C,) come back as one row (1, C)."""
+
+    def call(*args):
+        return tuple(a.reshape(1, -1) for a in f(*args))
+
+    return call
+
+
+ROWS = _Layout(kernels.row_moments, kernels.normalize, kernels.row_grad_sums, kernels.combine)
+COLUMNS = _Layout(  # per-column arguments may be (1, C) rows: the kernels broadcast them to (C,)
+    _as_row(kernels.column_moments),
+    kernels.normalize_columns,
+    _as_row(kernels.column_sums),
+    kernels.combine_columns,
+)
+
+
+class Empty(Function):
+    """A norm of an input without values: y = x (empty), dx = dy (empty), and zero gradients
+    for the other inputs (γ, β, mixing weights: the sums over no values)."""
+
+    def forward(self, x, *params):
+        self.params = params
+        return x.copy()
+
+    def backward(self, grad):
+        zeros = [None if p is None else get_array_module(p).zeros_like(p) for p in self.params]
+        return (grad, *zeros)
+
+
+def empty(x: Tensor, *params: Tensor | None) -> Tensor:
+    """The empty output of a norm for an input `x` without values; `params` get zero grads."""
+    return Empty.apply(x, *params)
