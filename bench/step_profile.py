@@ -19,8 +19,6 @@ BOOKKEEPING = "autograd bookkeeping"
 OP_CATEGORY: dict[str, str] = {
     "Conv2d": "conv",
     "Normalize": "norm",
-    "NormalizeRuns": "norm",
-    "NormalizeColumns": "norm",
     "MixedNormalize": "norm",
     "SwitchableNormalize": "norm",
     "WeightNorm": "norm",

@@ -28,6 +28,7 @@ from tinynorm import nn
 from tinynorm.data import MNIST, DataLoader, FashionMNIST
 from tinynorm.files import atomic_write
 from tinynorm.nn.utils import weight_norm
+from tinynorm.variants import BY_KEY
 
 from .common import (
     NonFiniteLossError,
@@ -61,42 +62,25 @@ CONFIG_CHECKS = {  # what a checkpoint records of its run, and what each must be
     "seed": lambda v: type(v) is int,
     "dataset": lambda v: v in DATASETS,
 }
-NORMS = ("none", "bn", "brn", "ln", "in", "gn", "mobn", "wn", "bin", "sn", "bln")
+NORMS = ("none", *BY_KEY, "wn")
 NORM_HELP = (
-    "none: no normalization; bn: BatchNorm2d; brn: BatchRenorm2d; ln: LayerNorm over (C, H, W); "
-    "in: InstanceNorm2d (affine); gn: GroupNorm with 4 groups; mobn: mean-only batch norm; "
-    "wn: weight normalization of the convolutions and the classifier (with mean-only batch "
-    "norm, as in Salimans & Kingma); bin: BatchInstanceNorm2d; sn: SwitchableNorm2d; "
-    "bln: BatchLayerNorm"
+    "none: no normalization; "
+    + "; ".join(f"{key}: {variant.summary}" for key, variant in BY_KEY.items())
+    + "; wn: weight normalization of the convolutions and the classifier (with mean-only batch "
+    "norm, as in Salimans & Kingma)"
 )
 
 
 def norm_layer(kind: str, channels: int, size: int, total_steps: int) -> nn.Module:
-    """The normalization layer `kind` for a (N, channels, size, size) feature map."""
-    if kind == "bn":
-        return nn.BatchNorm2d(channels)
-    if kind == "brn":  # the paper's schedule (5k/40k/25k steps) scaled to this run's length
-        return nn.BatchRenorm2d(
-            channels,
-            warmup_steps=total_steps // 8,
-            rmax_steps=total_steps,
-            dmax_steps=total_steps * 5 // 8,
-        )
-    if kind == "ln":
-        return nn.LayerNorm((channels, size, size))
-    if kind == "in":
-        return nn.InstanceNorm2d(channels, affine=True)
-    if kind == "gn":
-        return nn.GroupNorm(4, channels)
-    if kind in ("mobn", "wn"):
-        return nn.MeanOnlyBatchNorm2d(channels)
-    if kind == "bin":
-        return nn.BatchInstanceNorm2d(channels)
-    if kind == "sn":
-        return nn.SwitchableNorm2d(channels)
-    if kind == "bln":
-        return nn.BatchLayerNorm(channels)
-    return nn.Identity()
+    """The normalization layer `kind` for a (N, channels, size, size) feature map (`wn`: the
+    mean-only batch norm that goes with weight normalization). Batch renorm's schedule is the
+    paper's scaled to a run of `total_steps` (`BatchRenorm2d.scale_schedule`)."""
+    if kind == "none":
+        return nn.Identity()
+    layer = BY_KEY["mobn" if kind == "wn" else kind].make(nn, (0, channels, size, size))
+    if isinstance(layer, nn.BatchRenorm2d):
+        layer.scale_schedule(total_steps)
+    return layer
 
 
 def build_model(kind: str, total_steps: int, width: int = 16) -> nn.Sequential:

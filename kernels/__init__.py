@@ -52,6 +52,7 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 
+from ..backend import get_array_module, is_cupy
 from . import cpu
 from .formulas import dx_terms, pool_moments
 
@@ -112,21 +113,8 @@ _cpu = SimpleNamespace(
 )
 
 
-def on_gpu(x) -> bool:
-    """True for a CuPy array (decided without importing CuPy)."""
-    return type(x).__module__.startswith("cupy")
-
-
-def _xp(x):
-    if on_gpu(x):
-        import cupy
-
-        return cupy
-    return np
-
-
 def _impl(x):
-    if on_gpu(x):
+    if is_cupy(x):
         from . import cuda
 
         return cuda
@@ -137,12 +125,12 @@ def _view(x):
     """x (N, C, S) contiguous, or an error naming the shape."""
     if x.ndim != 3:
         raise ValueError(f"kernels expect an (N, C, S) array, got shape {x.shape}")
-    return _xp(x).ascontiguousarray(x)
+    return get_array_module(x).ascontiguousarray(x)
 
 
 def _filled(shape, a, x, dtype=None):
     """A fresh contiguous array of `shape` in `dtype` (default x's) holding `a` broadcast."""
-    out = _xp(x).empty(shape, x.dtype if dtype is None else dtype)
+    out = get_array_module(x).empty(shape, x.dtype if dtype is None else dtype)
     out[...] = a
     return out
 
@@ -155,7 +143,7 @@ def _rows(a, x, dtype=None):
 def _tables(x, *tables):
     """Elementwise affine tables as (C, S) arrays; None stays None on the GPU and becomes an
     empty (0, 0) array for the CPU kernels."""
-    empty = None if on_gpu(x) else np.empty((0, 0), x.dtype)
+    empty = None if is_cupy(x) else np.empty((0, 0), x.dtype)
     return [empty if t is None else _filled(x.shape[1:], t, x) for t in tables]
 
 
@@ -176,7 +164,7 @@ def row_moments(x):
 def normalize(x, center, scale, shift, w=None, b=None):
     x = _view(x)
     rows = [_rows(a, x) for a in (center, scale, shift)]
-    if on_gpu(x):
+    if is_cupy(x):
         return _impl(x).normalize(x, *rows, *_affine_tables(x, w, b))
     return _cpu.normalize(x, *rows, *_affine_tables(x, w, b), np.empty_like(x))
 
@@ -189,7 +177,7 @@ def row_grad_sums(dy, x, center, w=None):
 def combine(dy, x, center, alpha, beta, delta, w=None):
     x, dy = _view(x), _view(dy)
     rows = [_rows(center, x)] + [_rows(a, x, np.float64) for a in (alpha, beta, delta)]
-    if on_gpu(x):
+    if is_cupy(x):
         return _impl(x).combine(dy, x, *rows, *_tables(x, w))
     return _cpu.combine(dy, x, *rows, *_tables(x, w), np.empty_like(x))
 
@@ -203,7 +191,7 @@ def _columns(x):
     """x as a contiguous (N, C) array, or an error naming the shape."""
     if x.ndim != 2:
         raise ValueError(f"column kernels expect an (N, C) array, got shape {x.shape}")
-    return _xp(x).ascontiguousarray(x)
+    return get_array_module(x).ascontiguousarray(x)
 
 
 def _per_column(a, x, dtype=None):
@@ -215,7 +203,7 @@ def column_moments(x):
     """x (N, C) -> per column mean and M2 = Σ_n (x - mean)², (C,) each in float64: batch norm
     of an (N, C) input reads its channels as columns, without a transpose."""
     x = _columns(x)
-    if on_gpu(x):
+    if is_cupy(x):
         mean = x.mean(axis=0, dtype=np.float64)
         return mean, ((x - mean) ** 2).sum(axis=0, dtype=np.float64)
     return _cpu.column_moments(x)
@@ -226,7 +214,7 @@ def normalize_columns(x, center, scale, shift):
     (C,) in x's dtype."""
     x = _columns(x)
     center, scale, shift = (_per_column(a, x) for a in (center, scale, shift))
-    if on_gpu(x):
+    if is_cupy(x):
         return (x - center) * scale + shift
     return _cpu.normalize_columns(x, center, scale, shift, np.empty_like(x))
 
@@ -235,7 +223,7 @@ def column_sums(dy, x, center):
     """Per column of (N, C) arrays, in float64: Σ_n dy and Σ_n dy·(x - center[c])."""
     x, dy = _columns(x), _columns(dy)
     center = _per_column(center, x)
-    if on_gpu(x):
+    if is_cupy(x):
         g = dy.astype(np.float64)
         return g.sum(axis=0), (g * (x - center)).sum(axis=0)
     return _cpu.column_sums(dy, x, center)
@@ -247,7 +235,7 @@ def combine_columns(dy, x, center, alpha, beta, delta):
     x, dy = _columns(x), _columns(dy)
     center = _per_column(center, x)
     alpha, beta, delta = (_per_column(a, x, np.float64) for a in (alpha, beta, delta))
-    if on_gpu(x):
+    if is_cupy(x):
         return (alpha * dy + beta * (x - center) + delta).astype(x.dtype)
     return _cpu.combine_columns(dy, x, center, alpha, beta, delta, np.empty_like(x))
 
@@ -267,7 +255,7 @@ def _run_stats(x, k: int, *stats):
 
 def _per_row(a, k: int):
     """A per-run array (N, G) repeated for each of its k rows: (N, G·k)."""
-    return _xp(a).repeat(a, k, axis=1)
+    return get_array_module(a).repeat(a, k, axis=1)
 
 
 def _channel(x, a, default: float):
@@ -285,7 +273,7 @@ def normalize_runs(x, k: int, eps: float, gamma=None, beta=None, w=None, b=None,
     x (N, C, S); gamma, beta (C,) or None (1, 0); w, b (C, S) tables or None. Returns y (x's
     shape and dtype), the centers c and rstd = ρ (N, C/k) in float64."""
     x = _view(x)
-    if on_gpu(x):
+    if is_cupy(x):
         return normalize_runs_composed(x, k, eps, gamma, beta, w, b, centered)
     shape = (x.shape[0], _runs(x, k))
     y, mean, rstd = np.empty_like(x), np.empty(shape), np.empty(shape)
@@ -307,7 +295,7 @@ def combine_runs(dy, x, k: int, mean, rstd, gamma=None, w=None, centered=True):
     (C,) or None; w (C, S) or None. Returns dx (x's shape and dtype), sum_dy and sum_dyx (N, C)
     in float64."""
     x, dy = _view(x), _view(dy)
-    if on_gpu(x):
+    if is_cupy(x):
         return combine_runs_composed(dy, x, k, mean, rstd, gamma, w, centered)
     mean, rstd = _run_stats(x, k, mean, rstd)
     dx, sums = np.empty_like(x), (np.empty(x.shape[:2]), np.empty(x.shape[:2]))
@@ -331,7 +319,7 @@ def normalize_runs_composed(
     var = m2 / m
     if not centered:
         var, mean = var + mean * mean, 0 * mean
-    rstd = 1.0 / _xp(x).sqrt(var + eps)
+    rstd = 1.0 / get_array_module(x).sqrt(var + eps)
     scale = _per_row(rstd, k) * (1 if gamma is None else gamma)
     y = normalize(x, _per_row(mean, k), scale, 0 if beta is None else beta, w, b)
     return y, mean, rstd
@@ -368,12 +356,12 @@ def im2col(
     implied; written into `out` (a contiguous array of that size) when given. On the CPU it
     runs on the calling thread without the GIL (the convolution splits the batch between
     threads)."""
-    x = _xp(x).ascontiguousarray(x)
+    x = get_array_module(x).ascontiguousarray(x)
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
     shape = (N, C, kh, kw, OH, OW)
-    cols = _xp(x).empty(shape, x.dtype) if out is None else out.reshape(shape)
+    cols = get_array_module(x).empty(shape, x.dtype) if out is None else out.reshape(shape)
     _impl(x).im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols)
     return cols.reshape(N, C * kh * kw, OH * OW)
 
@@ -392,8 +380,8 @@ def col2im(
     N, C, H, W = shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    cols = _xp(dcols).ascontiguousarray(dcols).reshape(N, C, kh, kw, OH, OW)
-    dx = _xp(dcols).empty(shape, dcols.dtype) if out is None else out
+    cols = get_array_module(dcols).ascontiguousarray(dcols).reshape(N, C, kh, kw, OH, OW)
+    dx = get_array_module(dcols).empty(shape, dcols.dtype) if out is None else out
     return _impl(dcols).col2im(cols, sh, sw, ph, pw, dx)
 
 
@@ -423,7 +411,7 @@ def add_shifted_rows(dcols, shape: tuple[int, ...], kernel: tuple[int, int], out
 def max_pool(x, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]):
     """y (N, C, OH, OW), the max of each window (padding never wins), and the window offset of
     the first maximum (int8 if it fits)."""
-    xp = _xp(x)
+    xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
@@ -443,7 +431,7 @@ def max_pool_backward(
     padding: tuple[int, int],
 ):
     """dx of `shape` (N, C, H, W): each dy at its window's argmax, overlaps adding up."""
-    xp = _xp(dy)
+    xp = get_array_module(dy)
     dy = xp.ascontiguousarray(dy)
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     dx = xp.empty(shape, dy.dtype)
@@ -452,15 +440,15 @@ def max_pool_backward(
 
 def relu(x):
     """max(x, 0) in x's shape and dtype: one parallel pass on the CPU, CuPy's on the GPU."""
-    if on_gpu(x):
-        return _xp(x).maximum(x, 0)
+    if is_cupy(x):
+        return get_array_module(x).maximum(x, 0)
     x = np.ascontiguousarray(x)
     return _cpu.relu(x.ravel(), np.empty(x.size, x.dtype)).reshape(x.shape)
 
 
 def relu_backward(dy, y):
     """dy where y = relu(x) > 0, else 0 (the gradient of `relu`)."""
-    if on_gpu(dy):
+    if is_cupy(dy):
         return dy * (y > 0)
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
     return _cpu.relu_backward(dy.ravel(), y.ravel(), np.empty(dy.size, dy.dtype)).reshape(dy.shape)
@@ -470,6 +458,6 @@ def transpose(x):
     """xᵀ of a 2-d array as a contiguous array: a blocked copy on the CPU, CuPy's on the GPU."""
     if x.ndim != 2:
         raise ValueError(f"transpose expects a 2-d array, got shape {x.shape}")
-    if on_gpu(x):
-        return _xp(x).ascontiguousarray(x.T)
+    if is_cupy(x):
+        return get_array_module(x).ascontiguousarray(x.T)
     return _cpu.transpose(x, np.empty(x.shape[::-1], x.dtype))

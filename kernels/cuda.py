@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import config, cuda, float64
 
-from . import _xp  # the array module of the data: CuPy on a GPU, NumPy in the simulator
+from ..backend import get_array_module  # CuPy on a GPU, NumPy under the simulator
 from .formulas import pool_moments
 
 # threads per block (a power of two); the simulator runs each thread in Python, so it gets fewer
@@ -152,13 +152,13 @@ def _grid(size: int) -> int:
 def _table(w, x):
     """An affine table (C, S), or a 1×1 placeholder when there is none, and the flag."""
     if w is None:
-        return _xp(x).zeros((1, 1), x.dtype), False
+        return get_array_module(x).zeros((1, 1), x.dtype), False
     return w, True
 
 
 def row_moments(x, chunk: int = CHUNK):
     """x (N, C, S) -> mean (N, C), m2 (N, C) in float64 (see cpu.row_moments)."""
-    xp = _xp(x)
+    xp = get_array_module(x)
     N, C, S = x.shape
     chunks = math.ceil(S / chunk)
     mean = xp.empty((N * C, chunks))
@@ -171,7 +171,7 @@ def row_moments(x, chunk: int = CHUNK):
 
 def row_grad_sums(dy, x, center, w=None, chunk: int = CHUNK):
     """Per row, in float64: Σ dy·w, Σ dy·w·(x - center[r]) (see cpu.row_grad_sums)."""
-    xp = _xp(x)
+    xp = get_array_module(x)
     N, C, S = x.shape
     chunks = math.ceil(S / chunk)
     g = xp.empty((N * C, chunks))
@@ -185,7 +185,7 @@ def row_grad_sums(dy, x, center, w=None, chunk: int = CHUNK):
 def normalize(x, center, scale, shift, w=None, b=None):
     """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s] (see cpu.normalize)."""
     C, S = x.shape[1:]
-    y = _xp(x).empty_like(x)
+    y = get_array_module(x).empty_like(x)
     rows = [a.reshape(-1) for a in (center, scale, shift)]
     w, has_w = _table(w, x)
     b = w * 0 if b is None else b
@@ -197,7 +197,7 @@ def combine(dy, x, center, alpha, beta, delta, w=None):
     """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r] (see cpu.combine);
     center in x's dtype, alpha, beta, delta in float64."""
     C, S = x.shape[1:]
-    dx = _xp(x).empty_like(x)
+    dx = get_array_module(x).empty_like(x)
     rows = [a.reshape(-1) for a in (center, alpha, beta, delta)]
     _combine[_grid(x.size), THREADS](_rows(dy), _rows(x), *rows, *_table(w, x), C, S, _rows(dx))
     return dx
@@ -205,7 +205,7 @@ def combine(dy, x, center, alpha, beta, delta, w=None):
 
 def column_grad_sums(dy, x, center, scale):
     """Per position (c, s), in float64: Σ_n dy and Σ_n dy·x̂ (see cpu.column_grad_sums)."""
-    xp = _xp(x)
+    xp = get_array_module(x)
     N, C, S = x.shape
     db = xp.empty((C, S))
     dw = xp.empty((C, S))

@@ -58,7 +58,7 @@ def test_train_quick_times_both_passes_and_the_breakdown(tmp_path):
     assert [p["category"] for p in parts] == CATEGORIES
     assert sum(p["percent"] for p in parts) == pytest.approx(100)
     timed = {p["category"]: p["timed"] for p in parts}
-    assert timed["conv"] == ["Conv2d"] and {"BatchNorm1d", "NormalizeColumns"} <= set(timed["norm"])
+    assert timed["conv"] == ["Conv2d"] and {"BatchNorm1d", "Normalize"} <= set(timed["norm"])
     assert timed["optimizer"] == ["SGD.step", "SGD.zero_grad"]
     for category in ("conv", "norm", "pooling", "loss", "linear", "optimizer"):
         assert next(p["ms"] for p in parts if p["category"] == category) > 0

@@ -4,18 +4,18 @@ Every kernel call is routed to the CUDA kernels (`kernels/cuda.py`, Numba's simu
 where there is one) with NumPy as the array module, so everything but CuPy itself runs as on a
 GPU: the dispatch layer, the composed GPU paths, the two-stage reductions and every launch
 configuration. Loss and every parameter gradient of a small CNN must match the CPU kernels', for
-each normalization of the main job.
+each normalization of the main job (every variant of `tinynorm.variants` with a --norm name).
 """
 
 import numpy as np
 import pytest
 from tinynorm.examples.mnist import NORMS, norm_layer
-from tinynorm.kernels import cuda as gpu
 
 import tinynorm as tn
 import tinynorm.nn.functional as F
-from tinynorm import kernels, nn
+from tinynorm import nn
 from tinynorm.nn.utils import weight_norm
+from tinynorm.variants import BY_KEY
 
 
 def small_cnn(kind: str) -> nn.Sequential:
@@ -24,9 +24,10 @@ def small_cnn(kind: str) -> nn.Sequential:
     conv, head = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(4 * 3 * 3, 5)
     if kind == "wn":
         weight_norm(conv)
-    norm = norm_layer(kind, 4, 7, total_steps=10)
-    if kind == "ln":  # the main job's LayerNorm covers a square map; this one is 7 × 6
-        norm = nn.LayerNorm((4, 7, 6))
+    if kind in BY_KEY:  # built for the 7 × 6 map (the main job's maps are square)
+        norm = BY_KEY[kind].make(nn, (3, 4, 7, 6))
+    else:
+        norm = norm_layer(kind, 4, 7, total_steps=10)
     return nn.Sequential(conv, norm, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), head)
 
 
@@ -39,14 +40,10 @@ def loss_and_grads(kind: str, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("kind", NORMS)
-def test_training_step_on_the_cuda_kernels_matches_cpu(rng, monkeypatch, kind):
+def test_training_step_on_the_cuda_kernels_matches_cpu(rng, simulate_gpu, kind):
     x, y = rng.standard_normal((3, 2, 7, 6)), rng.integers(0, 5, 3)
     on_cpu = loss_and_grads(kind, x, y)
-    monkeypatch.setattr(kernels, "on_gpu", lambda a: True)
-    monkeypatch.setattr(kernels, "_xp", lambda a: np)
-    monkeypatch.setattr(gpu, "_xp", lambda a: np)
-    launched = []  # every dispatch to the GPU module, so the test cannot pass on the CPU's
-    monkeypatch.setattr(kernels, "_impl", lambda a: launched.append(a.shape) or gpu)
+    launched = simulate_gpu()  # every dispatch to the GPU module: no pass on the CPU's
     on_gpu = loss_and_grads(kind, x, y)
     assert len(launched) >= 4  # at least im2col and max pooling, forward and backward
     assert len(on_gpu) == len(on_cpu) > 2

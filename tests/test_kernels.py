@@ -511,26 +511,19 @@ def test_cuda_two_stage_row_grad_sums(rng, shape, chunk, dtype, elementwise):
     check_cuda_row_grad_sums(make_case(rng, shape, dtype), elementwise, chunk=chunk)
 
 
-def simulate_gpu(monkeypatch):
-    """From here on, the dispatch layer takes NumPy arrays for GPU arrays: the composed GPU path,
-    on the CUDA kernels (the simulator, or a GPU with copies), NumPy as the array module."""
-    monkeypatch.setattr(kernels, "on_gpu", lambda x: True)
-    monkeypatch.setattr(kernels, "_xp", lambda x: np)
-    monkeypatch.setattr(gpu, "_xp", lambda x: np)
-
-
 @cuda_test
 @pytest.mark.parametrize("k", [1, 3])
 @dtype_param
 @elementwise_param
-def test_cuda_runs_match_the_fused_cpu_kernels(rng, monkeypatch, k, dtype, elementwise):
+def test_cuda_runs_match_the_fused_cpu_kernels(rng, simulate_gpu, k, dtype, elementwise):
     r = make_runs(rng, (2, 6, 37), k, dtype, True, elementwise)
     x, dy = r.case.x, r.case.dy
     fused = kernels.normalize_runs(x, k, EPS, *r.affine)
     fused += kernels.combine_runs(dy, x, k, *fused[1:], r.gamma, r.w)
-    simulate_gpu(monkeypatch)
+    launched = simulate_gpu()
     on_gpu = kernels.normalize_runs(x, k, EPS, *r.affine)
     on_gpu += kernels.combine_runs(dy, x, k, *on_gpu[1:], r.gamma, r.w)
+    assert launched
     for actual, expected in zip(on_gpu, fused):
         assert actual.dtype == expected.dtype
         np.testing.assert_allclose(actual, expected, rtol=TOL[dtype], atol=TOL[dtype])
@@ -886,12 +879,11 @@ def test_column_kernels_match_numpy(rng, shape, dtype):
 
 
 @pytest.mark.parametrize("shape", COLUMN_SHAPES[:2], ids=str)
-def test_column_kernels_composed_for_the_gpu_match_cpu(rng, monkeypatch, shape):
+def test_column_kernels_composed_for_the_gpu_match_cpu(rng, simulate_gpu, shape):
     """On a GPU the column kernels are composed from array operations: the same results."""
     case = column_case(rng, shape, np.float32)
     on_cpu = column_results(*case)
-    monkeypatch.setattr(kernels, "on_gpu", lambda a: True)
-    monkeypatch.setattr(kernels, "_xp", lambda a: np)
+    simulate_gpu()
     on_gpu = column_results(*case)
     for name, expected in on_cpu.items():
         pairs = (

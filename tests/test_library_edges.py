@@ -12,11 +12,10 @@ import weakref
 
 import numpy as np
 import pytest
-from tinynorm.kernels import cuda as gpu
 
 import tinynorm as tn
 import tinynorm.nn.functional as F
-from tinynorm import kernels, nn
+from tinynorm import nn
 
 # every norm layer, with an input shape it takes (N, C = 3, ...)
 LAYERS = {
@@ -183,7 +182,7 @@ def gradients(layer: nn.Module, x: np.ndarray, dy: np.ndarray, dtype) -> list[np
     [(name, "cpu") for name in LAYERS]
     + [("BatchNorm2d", "cuda-kernels"), ("GroupNorm", "cuda-kernels")],
 )
-def test_float32_gradients_at_1e30_match_a_float64_computation(name, device, monkeypatch):
+def test_float32_gradients_at_1e30_match_a_float64_computation(name, device, simulate_gpu):
     """The combine coefficient beta ~ ρ² ~ 1e-60 underflows float32; kept in float64, the
     float32 gradients match float64's to float32 precision (they were 4-27% off).
     "cuda-kernels" runs the CUDA kernels (in the simulator without a GPU) on NumPy arrays: the
@@ -191,11 +190,7 @@ def test_float32_gradients_at_1e30_match_a_float64_computation(name, device, mon
     on a smaller input, as the simulator runs every thread in Python."""
     make, shape = LAYERS[name]
     if device == "cuda-kernels":
-        monkeypatch.setattr(kernels, "on_gpu", lambda a: True)
-        monkeypatch.setattr(kernels, "_xp", lambda a: np)
-        monkeypatch.setattr(gpu, "_xp", lambda a: np)
-        launched = []  # so that the test cannot pass on the CPU kernels
-        monkeypatch.setattr(kernels, "_impl", lambda a: launched.append(a.shape) or gpu)
+        launched = simulate_gpu()  # so that the test cannot pass on the CPU kernels
         shape = (2, 3, 3, 2)
     rng = np.random.default_rng(3)
     x = (1e30 * rng.standard_normal(shape)).astype(np.float32).astype(np.float64)

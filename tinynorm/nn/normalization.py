@@ -210,6 +210,12 @@ class _BatchRenorm(_NormBase):
             return 0.0
         return 1.0 if end <= start else min(1.0, (step - start) / (end - start))
 
+    def scale_schedule(self, total_steps: int) -> None:
+        """The paper's schedule (warm-up 5k, rmax at 40k, dmax at 25k of 40k steps) fitted to a
+        run of `total_steps`: warm-up 1/8, rmax at the end, dmax at 5/8 of it."""
+        self.warmup_steps, self.rmax_steps = total_steps // 8, total_steps
+        self.dmax_steps = total_steps * 5 // 8
+
     @property
     def current_limits(self) -> tuple[float, float]:
         """(rmax, dmax) for the next training step."""

@@ -91,7 +91,7 @@ class Conv2d(Function):
         self.out = output_size("conv2d", x.shape, (kh, kw), stride, padding)
         self.x = xp.ascontiguousarray(x)  # so each chunk x[a:b] is a contiguous view
         self.weight, self.stride, self.padding = weight, stride, padding
-        self.shifted = stride == (1, 1) and not kernels.on_gpu(x)
+        self.shifted = stride == (1, 1) and not kernels.is_cupy(x)
         (OH, OW), (H, W), (ph, pw) = self.out, x.shape[2:], padding
         self.plane = (H + 2 * ph, W + 2 * pw) if self.shifted else (H, W)
         self.width = OH * (self.plane[1] if self.shifted else OW)  # columns of one image
@@ -112,13 +112,13 @@ class Conv2d(Function):
     def shares(self) -> list[slice]:
         """The batch cut into one share per thread (one share on the GPU)."""
         N = self.x.shape[0]
-        return [slice(0, N)] if kernels.on_gpu(self.x) else threads.split(N, get_num_threads())
+        return [slice(0, N)] if kernels.is_cupy(self.x) else threads.split(N, get_num_threads())
 
     def chunks(self, images: slice) -> list[slice]:
         """A share of the batch cut into chunks whose columns take at most COLUMN_BYTES (at
         least one image a chunk); one chunk on the GPU."""
         per_image = self.weight[0].size * self.width * self.x.itemsize
-        step = images.stop if kernels.on_gpu(self.x) else max(1, COLUMN_BYTES // per_image)
+        step = images.stop if kernels.is_cupy(self.x) else max(1, COLUMN_BYTES // per_image)
         return [
             slice(a, min(a + step, images.stop)) for a in range(images.start, images.stop, step)
         ]
