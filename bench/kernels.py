@@ -8,8 +8,8 @@ training mode, computing its batch statistics and keeping what backward needs) a
 "forward+backward" (gradients of x and of every parameter). Each is timed for
 
 - tinynorm: the layer, autograd included, on its Numba kernels;
-- numpy: the same math written out below in vectorized NumPy, forward and closed-form
-  backward (the running estimates, O(C) work, are left out);
+- numpy: the same math in vectorized NumPy, forward and closed-form backward
+  (`tinynorm.reference`; the running estimates, O(C) work, are left out);
 - torch: PyTorch's layer, where PyTorch has one (BatchNorm, LayerNorm, InstanceNorm,
   GroupNorm), when it is installed — never a dependency;
 
@@ -30,9 +30,9 @@ max |out - out_tinynorm| / max |out_tinynorm|.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import common
@@ -58,7 +58,7 @@ common.set_threads(ARGS.threads)
 import numpy as np  # noqa: E402  (after set_threads)
 
 import tinynorm as tn  # noqa: E402
-from tinynorm.backend import get_array_module  # noqa: E402
+from tinynorm.variants import VARIANTS, Variant  # noqa: E402
 
 torch = common.import_torch(ARGS.threads, enabled=not ARGS.no_torch)
 cupy = common.import_cupy()
@@ -67,232 +67,11 @@ REPEAT = 2 if ARGS.quick else ARGS.repeat
 IMAGE_SHAPES = ((4, 16, 8, 8),) if ARGS.quick else ((64, 32, 28, 28), (128, 64, 56, 56))
 FLAT_SHAPES = ((16, 64),) if ARGS.quick else ((256, 1024),)
 ALL_SHAPES = IMAGE_SHAPES + FLAT_SHAPES
-GROUPS = 8  # GroupNorm's groups
-RENORM_LIMITS = {"rmax": 3.0, "dmax": 5.0}
 
 
-# ---- the NumPy reference: plain vectorized array code from the formulas ---------------------
-#
-# Each function takes x, the layer's parameters and buffers `p` (arrays), and dy; it returns y
-# when dy is None, else (dx, {parameter name: gradient}). Written against the array methods
-# shared by NumPy and CuPy, so the same code is the CuPy reference on a GPU.
-
-
-def _standardize(x, axes: tuple[int, ...], eps: float):
-    """x̂ = (x - μ)·ρ with μ and the biased σ² over `axes`, ρ = 1/sqrt(σ² + ε); (x̂, μ, ρ)."""
-    mean = x.mean(axis=axes, keepdims=True)
-    centered = x - mean
-    rstd = ((centered * centered).mean(axis=axes, keepdims=True) + eps) ** -0.5
-    return centered * rstd, mean, rstd
-
-
-def _standardize_grad(g, xhat, rstd, axes: tuple[int, ...]):
-    """dx for dx̂ = g through x̂ = (x - μ)·ρ, the statistics over `axes` differentiated."""
-    return rstd * (
-        g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True)
-    )
-
-
-def _sum_like(a, p):
-    """The gradient of a broadcast parameter p: a summed over the axes where p has length 1."""
-    axes = tuple(i for i, n in enumerate(p.shape) if n == 1 and a.shape[i] != 1)
-    return a.sum(axis=axes, keepdims=True)
-
-
-def _rows(a):
-    """(N, C, S): the spatial dims of a (N, C, *spatial) array flattened; None stays None."""
-    return None if a is None else a.reshape(a.shape[0], a.shape[1], -1)
-
-
-def _channel(p):
-    """A per-channel vector (C,) as (1, C, 1)."""
-    return p.reshape(1, -1, 1)
-
-
-def _affine_norm(x, dy, w, b, axes: tuple[int, ...], eps: float = 1e-5):
-    """y = x̂·w + b with x̂ standardized over `axes` (w, b broadcast against x)."""
-    xhat, _, rstd = _standardize(x, axes, eps)
-    if dy is None:
-        return xhat * w + b
-    dx = _standardize_grad(dy * w, xhat, rstd, axes)
-    return dx, {"weight": _sum_like(dy * xhat, w), "bias": _sum_like(dy, b)}
-
-
-def batch_norm(x, p, dy=None):
-    """Per channel over N and the spatial dims."""
-    return _affine_norm(_rows(x), _rows(dy), _channel(p["weight"]), _channel(p["bias"]), (0, 2))
-
-
-def instance_norm(x, p, dy=None):
-    """Per sample and channel over the spatial dims."""
-    return _affine_norm(_rows(x), _rows(dy), _channel(p["weight"]), _channel(p["bias"]), (2,))
-
-
-def layer_norm(x, p, dy=None):
-    """Per sample over all other dims, elementwise affine."""
-
-    def flat(a):
-        return None if a is None else a.reshape(x.shape[0], -1)
-
-    return _affine_norm(
-        flat(x), flat(dy), p["weight"].reshape(1, -1), p["bias"].reshape(1, -1), (1,)
-    )
-
-
-def group_norm(x, p, dy=None):
-    """Per sample over each group of C/G channels and the spatial dims; affine per channel."""
-
-    def grouped(a):
-        return None if a is None else a.reshape(x.shape[0], GROUPS, x.shape[1] // GROUPS, -1)
-
-    w, b = (p[name].reshape(1, GROUPS, -1, 1) for name in ("weight", "bias"))
-    return _affine_norm(grouped(x), grouped(dy), w, b, (2, 3))
-
-
-def batch_renorm(x, p, dy=None, eps: float = 1e-5):
-    """x̂ = (x - μ_B)/σ_B·r + d, r = clip(σ_B/σ, 1/rmax, rmax), d = clip((μ_B - μ)/σ, ±dmax),
-    r and d constant in the backward pass; y = x̂·γ + β per channel."""
-    x, dy = _rows(x), _rows(dy)
-    w, b, mu, sigma = (_channel(p[k]) for k in ("weight", "bias", "running_mean", "running_std"))
-    rmax, dmax = RENORM_LIMITS["rmax"], RENORM_LIMITS["dmax"]
-    xhat, mean, rstd = _standardize(x, (0, 2), eps)
-    r = (1 / (rstd * sigma)).clip(1 / rmax, rmax)
-    d = ((mean - mu) / sigma).clip(-dmax, dmax)
-    renormed = xhat * r + d
-    if dy is None:
-        return renormed * w + b
-    dx = _standardize_grad(dy * (w * r), xhat, rstd, (0, 2))
-    return dx, {"weight": _sum_like(dy * renormed, w), "bias": _sum_like(dy, b)}
-
-
-def mean_only_batch_norm(x, p, dy=None):
-    """y = x - μ_B + β per channel."""
-    x, dy, b = _rows(x), _rows(dy), _channel(p["bias"])
-    if dy is None:
-        return x - x.mean(axis=(0, 2), keepdims=True) + b
-    return dy - dy.mean(axis=(0, 2), keepdims=True), {"bias": _sum_like(dy, b)}
-
-
-def _mixed_norm(x, dy, w, b, mix, eps: float, mix_grads: bool = False):
-    """y = (Σ_k a_k·x̂_k)·γ + β for standardizations k = (axes, a_k) of the (N, C, S) x. With
-    `mix_grads`, the gradients also hold "mix": [∂L/∂a_k] for per-channel a_k."""
-    parts = [(axes, a, *_standardize(x, axes, eps)) for axes, a in mix]
-    mixed = sum(a * xhat for _, a, xhat, _, _ in parts)
-    if dy is None:
-        return mixed * w + b
-    g = dy * w
-    dx = sum(_standardize_grad(g * a, xhat, rstd, axes) for axes, a, xhat, _, rstd in parts)
-    grads = {"weight": _sum_like(dy * mixed, w), "bias": _sum_like(dy, b)}
-    if mix_grads:
-        grads["mix"] = [_sum_like(g * xhat, a) for _, a, xhat, _, _ in parts]
-    return dx, grads
-
-
-def batch_instance_norm(x, p, dy=None):
-    """y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β, ρ per channel."""
-    rho = _channel(p["rho"])
-    w, b = _channel(p["weight"]), _channel(p["bias"])
-    mix = [((0, 2), rho), ((2,), 1 - rho)]
-    out = _mixed_norm(_rows(x), _rows(dy), w, b, mix, 1e-5, mix_grads=True)
-    if dy is None:
-        return out
-    dx, grads = out
-    d_bn, d_in = grads.pop("mix")
-    return dx, {**grads, "rho": d_bn - d_in}
-
-
-def batch_layer_norm(x, p, dy=None, delta: float = 1e-4):
-    """y = γ·((1/m - δ)·x̂_LN + (1 - 1/m - δ)·x̂_BN)/sqrt(C) + β, m = N, ε = 1e-3."""
-    N, C = x.shape[:2]
-    a_bn, a_ln = ((1 - 1 / N - delta) / C**0.5, (1 / N - delta) / C**0.5)
-    w, b = _channel(p["weight"]), _channel(p["bias"])
-    return _mixed_norm(_rows(x), _rows(dy), w, b, [((0, 2), a_bn), ((1, 2), a_ln)], 1e-3)
-
-
-def _softmax(z):
-    e = get_array_module(z).exp(z - z.max())
-    return e / e.sum()
-
-
-def switchable_norm(x, p, dy=None, eps: float = 1e-5):
-    """μ = Σ_k a_k μ_k, σ² = Σ_k b_k σ²_k over k = (IN, LN, BN), a = softmax(mean_weight),
-    b = softmax(var_weight); y = (x - μ)/sqrt(σ² + ε)·γ + β. The LN and BN moments are pooled
-    from the IN (per sample and channel) moments."""
-    x, dy = _rows(x), _rows(dy)
-    N, C, S = x.shape
-    w, b = _channel(p["weight"]), _channel(p["bias"])
-    a, bw = _softmax(p["mean_weight"]), _softmax(p["var_weight"])
-    m_in = x.mean(axis=2, keepdims=True)
-    e2_in = (x * x).mean(axis=2, keepdims=True)
-    pooled = [(m_in, e2_in, S)]  # (E[x], E[x²], values per statistic) for IN, LN, BN
-    for axis, m in ((1, C * S), (0, N * S)):
-        pooled.append(
-            (m_in.mean(axis=axis, keepdims=True), e2_in.mean(axis=axis, keepdims=True), m)
-        )
-    var = [e2 - m1 * m1 for m1, e2, _ in pooled]
-    mean = sum(a[k] * m1 for k, (m1, _, _) in enumerate(pooled))
-    rstd = (sum(bw[k] * v for k, v in enumerate(var)) + eps) ** -0.5
-    xhat = (x - mean) * rstd
-    if dy is None:
-        return xhat * w + b
-    g = dy * w
-    dmean = -rstd * g.sum(axis=2, keepdims=True)  # ∂L/∂μ per (n, c)
-    dvar = -0.5 * rstd * rstd * (g * xhat).sum(axis=2, keepdims=True)  # ∂L/∂σ²
-    # each statistic k: ∂L/∂E_k[x] and ∂L/∂E_k[x²], summed over the rows it pools, over m_k
-    coef_1, coef_x = 0, 0
-    for k, ((m1, _, m), axes) in enumerate(zip(pooled, ((), (1,), (0,)))):
-        dm = a[k] * dmean.sum(axis=axes, keepdims=True)
-        dv = bw[k] * dvar.sum(axis=axes, keepdims=True)
-        coef_1 = coef_1 + (dm - 2 * m1 * dv) / m
-        coef_x = coef_x + 2 * dv / m
-    dx = g * rstd + coef_1 + coef_x * x
-    da = get_array_module(x).stack([(dmean * m1).sum() for m1, _, _ in pooled])
-    db = get_array_module(x).stack([(dvar * v).sum() for v in var])
-    grads = {
-        "weight": _sum_like(dy * xhat, w),
-        "bias": _sum_like(dy, b),
-        "mean_weight": a * (da - (a * da).sum()),
-        "var_weight": bw * (db - (bw * db).sum()),
-    }
-    return dx, grads
-
-
-# ---- the variants -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One norm layer: `make(nn, shape)` builds it from tinynorm.nn or torch.nn for inputs of
-    `shape`; `reference` is its NumPy code; `in_torch`: PyTorch has the layer too."""
-
-    name: str
-    make: Callable[[Any, tuple[int, ...]], Any]
-    reference: Callable
-    in_torch: bool = False
-    shapes: tuple[tuple[int, ...], ...] = IMAGE_SHAPES
-
-
-def _renorm(nn, s):
-    """Batch renorm with its limits in force from the first step (no warm-up ramp)."""
-    return nn.BatchRenorm2d(s[1], **RENORM_LIMITS, warmup_steps=0, rmax_steps=0, dmax_steps=0)
-
-
-VARIANTS = [
-    Variant("BatchNorm2d", lambda nn, s: nn.BatchNorm2d(s[1]), batch_norm, True),
-    Variant("BatchRenorm2d", _renorm, batch_renorm),
-    Variant("LayerNorm", lambda nn, s: nn.LayerNorm(s[1:]), layer_norm, True, ALL_SHAPES),
-    Variant(
-        "InstanceNorm2d", lambda nn, s: nn.InstanceNorm2d(s[1], affine=True), instance_norm, True
-    ),
-    Variant("GroupNorm", lambda nn, s: nn.GroupNorm(GROUPS, s[1]), group_norm, True),
-    Variant(
-        "MeanOnlyBatchNorm2d", lambda nn, s: nn.MeanOnlyBatchNorm2d(s[1]), mean_only_batch_norm
-    ),
-    Variant("BatchInstanceNorm2d", lambda nn, s: nn.BatchInstanceNorm2d(s[1]), batch_instance_norm),
-    Variant("SwitchableNorm2d", lambda nn, s: nn.SwitchableNorm2d(s[1]), switchable_norm),
-    Variant("BatchLayerNorm", lambda nn, s: nn.BatchLayerNorm(s[1]), batch_layer_norm),
-    Variant("BatchNorm1d", lambda nn, s: nn.BatchNorm1d(s[1]), batch_norm, True, FLAT_SHAPES),
-]
+def shapes(variant: Variant) -> tuple[tuple[int, ...], ...]:
+    """The shapes of the ranks the variant takes."""
+    return tuple(s for s in ALL_SHAPES if len(s) in variant.ranks)
 
 
 # ---- the measurements -----------------------------------------------------------------------
@@ -315,11 +94,12 @@ def tinynorm_pass(layer, x, dy, mode: str, device: str) -> Callable[[], Any]:
     return forward_backward
 
 
-def reference_pass(variant: Variant, params: dict, x, dy, mode: str) -> Callable[[], Any]:
-    """One pass through the NumPy (or, on CuPy arrays, CuPy) reference, returning y or dx."""
+def reference_pass(variant: Variant, layer, x, dy, mode: str) -> Callable[[], Any]:
+    """One pass through the NumPy (or, on CuPy arrays, CuPy) reference of `layer`, returning y
+    or dx."""
     if mode == "forward":
-        return lambda: variant.reference(x, params).reshape(x.shape)
-    return lambda: variant.reference(x, params, dy)[0].reshape(x.shape)
+        return lambda: variant.reference(layer, x)
+    return lambda: variant.reference(layer, x, dy)[0]
 
 
 def torch_pass(
@@ -354,12 +134,11 @@ def implementations(variant: Variant, shape, x, dy, mode: str, device: str) -> d
     rng = np.random.default_rng(1)
     for p in layer.parameters():
         p.data[...] = xp.asarray(rng.uniform(0.2, 0.9, p.shape))
-    params = {
-        name: t.data.copy() for name, t in [*layer.named_parameters(), *layer.named_buffers()]
-    }
+    params = {name: p.data.copy() for name, p in layer.named_parameters()}
+    reference_layer = copy.deepcopy(layer)  # its running estimates stay as they start
     passes = {
         "tinynorm": tinynorm_pass(layer, x, dy, mode, device),
-        xp.__name__: reference_pass(variant, params, xp.asarray(x), xp.asarray(dy), mode),
+        xp.__name__: reference_pass(variant, reference_layer, xp.asarray(x), xp.asarray(dy), mode),
     }
     if torch is not None and variant.in_torch and (device == "cpu" or torch.cuda.is_available()):
         passes["torch"] = torch_pass(variant, shape, params, x, dy, mode, device)
@@ -408,7 +187,7 @@ def measure(variant: Variant, shape, device: str, copy_gbs: float) -> list[dict]
 def print_table(rows: list[dict], info: dict) -> None:
     """The machine, the rows as a Markdown table, and the copy bandwidths they compare with."""
     print(common.describe(info))
-    print(f"{ARGS.dtype}, median of {REPEAT} runs; GroupNorm with {GROUPS} groups\n")
+    print(f"{ARGS.dtype}, median of {REPEAT} runs; the layers of tinynorm.variants\n")
     header = ["layer", "shape", "pass", "device", "impl", "ms", "GB/s", "% of copy", "× torch"]
     cells = [
         [
@@ -441,7 +220,7 @@ def main() -> int:
     copy_gbs: dict[tuple, float] = {}
     rows = []
     for variant in selected:
-        for shape in variant.shapes:
+        for shape in shapes(variant):
             for device in devices:
                 if (shape, device) not in copy_gbs:
                     xp = cupy if device == "cuda" else np
@@ -452,9 +231,7 @@ def main() -> int:
     info = common.machine(ARGS.threads)
     print_table(rows, info)
     if ARGS.json:
-        common.write_json(
-            ARGS.json, info, rows, dtype=ARGS.dtype, repeat=REPEAT, quick=ARGS.quick, groups=GROUPS
-        )
+        common.write_json(ARGS.json, info, rows, dtype=ARGS.dtype, repeat=REPEAT, quick=ARGS.quick)
     return 0
 
 

@@ -9,20 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tinynorm import variants
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-VARIANTS = {
-    "BatchNorm2d",
-    "BatchRenorm2d",
-    "LayerNorm",
-    "InstanceNorm2d",
-    "GroupNorm",
-    "MeanOnlyBatchNorm2d",
-    "BatchInstanceNorm2d",
-    "SwitchableNorm2d",
-    "BatchLayerNorm",
-    "BatchNorm1d",
-}
-IN_TORCH = {"BatchNorm2d", "LayerNorm", "InstanceNorm2d", "GroupNorm", "BatchNorm1d"}
+VARIANTS = {v.name for v in variants.VARIANTS}  # bench/kernels.py times every one
+IN_TORCH = {v.name for v in variants.VARIANTS if v.in_torch}
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 

@@ -1,8 +1,6 @@
 """Forward values of every norm layer against plain-NumPy references written from the formulas
 of SPEC §3 and the layer docstrings (float64 tight, float32 loose), numerical stability on
-x = 10⁴ + N(0, 1), and — when PyTorch is installed — forward and backward against torch."""
-
-import importlib.util
+x = 10⁴ + N(0, 1). (Every variant against PyTorch: test_variants.py.)"""
 
 import numpy as np
 import pytest
@@ -324,83 +322,3 @@ def test_large_offset_batch_norm_running_stats(rng):
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(bn.running_mean.numpy(), x64.mean((0, 2, 3)), rtol=1e-7)
     np.testing.assert_allclose(bn.running_var.numpy(), x64.var((0, 2, 3), ddof=1), rtol=1e-3)
-
-
-# ---- against PyTorch, when it is installed ---------------------------------------------------
-
-HAS_TORCH = importlib.util.find_spec("torch") is not None
-needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
-
-
-def torch_pairs():
-    import torch
-
-    return {
-        "BatchNorm2d": (nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3), (4, 3, 3, 2)),
-        "BatchNorm2d-cumulative": (
-            nn.BatchNorm2d(3, momentum=None),
-            torch.nn.BatchNorm2d(3, momentum=None),
-            (4, 3, 3, 2),
-        ),
-        "LayerNorm": (nn.LayerNorm((3, 2)), torch.nn.LayerNorm((3, 2)), (4, 5, 3, 2)),
-        "GroupNorm": (nn.GroupNorm(2, 4), torch.nn.GroupNorm(2, 4), (3, 4, 3, 2)),
-        "InstanceNorm2d": (
-            nn.InstanceNorm2d(3, affine=True, track_running_stats=True),
-            torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True),
-            (2, 3, 3, 4),
-        ),
-        "InstanceNorm2d-untracked": (
-            nn.InstanceNorm2d(3, affine=True),
-            torch.nn.InstanceNorm2d(3, affine=True),
-            (2, 3, 3, 4),
-        ),
-    }
-
-
-@needs_torch
-@pytest.mark.parametrize(
-    "name",
-    [
-        "BatchNorm2d",
-        "BatchNorm2d-cumulative",
-        "LayerNorm",
-        "GroupNorm",
-        "InstanceNorm2d",
-        "InstanceNorm2d-untracked",
-    ],
-)
-def test_against_torch(rng, name):
-    """Same state_dict keys; three training steps (output, input and parameter gradients,
-    running stats) and one eval step agree with torch in float64."""
-    import torch
-
-    ours, theirs, shape = torch_pairs()[name]
-    ours.double()
-    theirs.double()
-    make(ours, np.float64, rng)
-    state = ours.state_dict()
-    assert list(state) == list(theirs.state_dict())
-    theirs.load_state_dict({k: torch.from_numpy(v.numpy().copy()) for k, v in state.items()})
-    close = {"rtol": 1e-9, "atol": 1e-11}
-    for training in (True, True, True, False):
-        ours.train(training)
-        theirs.train(training)
-        ours.zero_grad()
-        theirs.zero_grad()
-        x, dy = data(rng, shape, np.float64), rng.standard_normal(shape)
-        xt = torch.tensor(x, requires_grad=True)
-        yt = theirs(xt)
-        yt.backward(torch.from_numpy(dy))
-        xo = tn.tensor(x, requires_grad=True)
-        yo = ours(xo)
-        yo.backward(tn.tensor(dy))
-        np.testing.assert_allclose(yo.numpy(), yt.detach().numpy(), **close)
-        np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), **close)
-        for (key, p), pt in zip(ours.named_parameters(), theirs.parameters()):
-            np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), err_msg=key, **close)
-        for key, value in theirs.state_dict().items():
-            if key == "num_batches_tracked" and name.startswith("Instance"):
-                continue  # torch's InstanceNorm never counts batches; ours does
-            np.testing.assert_allclose(
-                ours.state_dict()[key].numpy(), value.numpy(), err_msg=key, **close
-            )
