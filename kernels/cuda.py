@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import config, cuda, float64
 
-from ..backend import get_array_module  # CuPy on a GPU, NumPy under the simulator
+from . import get_array_module  # CuPy on a GPU, NumPy under the simulator
 from .formulas import pool_moments
 
 # threads per block (a power of two); the simulator runs each thread in Python, so it gets fewer

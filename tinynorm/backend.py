@@ -1,30 +1,26 @@
 """Backends: the array module follows the data (NumPy on the CPU, CuPy on the GPU).
 
 Nothing here imports CuPy until a CuPy array or the device "cuda" is actually met, so a
-CPU-only machine never pays for it and never fails because of it.
+CPU-only machine never pays for it and never fails because of it. `is_cupy` and
+`get_array_module` are the kernels' own (`tinynorm.kernels`, which loads without tinynorm).
 """
 
 from __future__ import annotations
 
 import types
 
-import numpy as np
+from .kernels import get_array_module, is_cupy
 
 DEVICES = ("cpu", "cuda")
-
-
-def is_cupy(array) -> bool:
-    """True for a CuPy ndarray, decided without importing CuPy."""
-    return type(array).__module__.startswith("cupy")
-
-
-def get_array_module(array) -> types.ModuleType:
-    """`numpy` or `cupy`, whichever owns `array` (Chainer's `xp` idiom)."""
-    if is_cupy(array):
-        import cupy
-
-        return cupy
-    return np
+__all__ = [
+    "DEVICES",
+    "check_device",
+    "cupy_or_error",
+    "device_of",
+    "get_array_module",
+    "is_cupy",
+    "to_device",
+]
 
 
 def cupy_or_error() -> types.ModuleType:

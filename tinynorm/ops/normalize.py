@@ -1,12 +1,13 @@
 """Normalization as one op: a `Statistic` says which values one statistic pools, `Normalize`
 computes the statistics, y, and the closed-form backward.
 
-Every norm views its input as x[n, c, s] (S = the product of the spatial dims), rows r = (n, c):
+Every norm sees its input as x[n, c, s], dims (N, C, S) (S = the product of the spatial
+dims), rows r = (n, c):
 
     BatchNorm       Statistic(across_batch=True)    per channel, over all samples
     InstanceNorm    Statistic()                     per sample and channel
     GroupNorm       Statistic(channels=C // G)      per sample and run of C/G channels
-    LayerNorm       Statistic() on a (N, 1, S) view per sample
+    LayerNorm       Statistic(), dims (N, 1, S)     per sample
     RMSNorm, FRN    centered=False                  c = 0 and σ² = ⟨x²⟩
     mean-only BN    scaled=False                    ρ = 1
 
@@ -54,7 +55,7 @@ def check_dtype(op: str, x: Tensor) -> None:
 
 
 class Statistic(NamedTuple):
-    """Which values of the (N, C, S) view one statistic pools, and what it removes: the C
+    """Which values of the input x[n, c, s] one statistic pools, and what it removes: the C
     channels form runs of `channels` consecutive channels; a statistic covers one run of one
     sample, or of every sample if `across_batch`; `centered` subtracts the mean (else c = 0 and
     σ² = ⟨x²⟩), `scaled` divides by sqrt(σ² + ε) (else ρ = 1)."""
@@ -64,9 +65,9 @@ class Statistic(NamedTuple):
     centered: bool = True
     scaled: bool = True
 
-    def count(self, view: tuple[int, int, int]) -> int:
-        """m: how many values one statistic pools, for an (N, C, S) view."""
-        N, _, S = view
+    def count(self, dims: tuple[int, int, int]) -> int:
+        """m: how many values one statistic pools, for dims (N, C, S)."""
+        N, _, S = dims
         return (N if self.across_batch else 1) * self.channels * S
 
     def _runs(self, rows):
@@ -91,10 +92,11 @@ class Statistic(NamedTuple):
         return self._runs(rows).sum(axis=self._axes(), keepdims=True)[..., 0]
 
     def per_row(self, stats, N: int):
-        """Per-statistic values (1 or N, C/k) broadcast to every row: (N, C)."""
-        xp = get_array_module(stats)
+        """Per-statistic values (1 or N, C/k) for every row: broadcastable to (N, C)."""
+        if self.channels == 1:
+            return stats
         G = stats.shape[1]
-        runs = xp.broadcast_to(stats[..., None], (N, G, self.channels))
+        runs = get_array_module(stats).broadcast_to(stats[..., None], (N, G, self.channels))
         return runs.reshape(N, G * self.channels)
 
 
@@ -111,7 +113,7 @@ def cast_grad(g, like):
 class Normalize(Function):
     """y = γ·(r·(x - c)·ρ + d) + β over one `Statistic` (see the module docstring).
 
-    forward(x, weight, bias, view=(N, C, S), statistic=..., eps=...), and optionally:
+    forward(x, weight, bias, dims=(N, C, S), statistic=..., eps=...), and optionally:
       learned_eps         a 4th input, a (1,) tensor added to eps (per-sample batch statistics
                           only): dL/dε = Σ over the statistics of -½·ρ³·Σ dL/dx̂·(x - c)
       fixed=(c, ρ)        per-channel constants (C,) instead of batch statistics
@@ -127,7 +129,7 @@ class Normalize(Function):
         bias,
         learned_eps=None,
         *,
-        view,
+        dims,
         statistic: Statistic,
         eps: float = 0.0,
         fixed=None,
@@ -135,7 +137,7 @@ class Normalize(Function):
         renorm: Callable | None = None,
         elementwise: bool = False,
     ):
-        N, C, S = view
+        N, C, S = dims
         self.statistic, self.shape, self.batch = statistic, x.shape, fixed is None
         self.weight, self.bias, self.elementwise = weight, bias, elementwise
         self.runs = self.batch and not statistic.across_batch and report is None
@@ -144,20 +146,20 @@ class Normalize(Function):
                 raise ValueError("a learned eps needs per-sample batch statistics")
             eps = eps + float(learned_eps.reshape(-1)[0])
         if self.runs:
-            return self._forward_runs(x.reshape(view), eps).reshape(x.shape)
-        columns = statistic.across_batch and S == 1  # row c of the view (1, C, N) is column c
+            return self._forward_runs(x.reshape(dims), eps).reshape(x.shape)
+        columns = statistic.across_batch and S == 1  # row c of dims (1, C, N) is column c
         self.kernels = COLUMNS if columns else ROWS
-        self.x = x.reshape(N, C) if columns else x.reshape(view)
-        self.view = (1, C, N) if columns else view
+        self.x = x.reshape(N, C) if columns else x.reshape(dims)
+        self.dims = (1, C, N) if columns else dims
         xp = get_array_module(x)
         if self.batch:
-            mean, var = statistic.moments(*self.kernels.moments(self.x), self.view[2])
+            mean, var = statistic.moments(*self.kernels.moments(self.x), self.dims[2])
             if report is not None:
                 report(mean, var)
             rstd = 1.0 / xp.sqrt(var + eps) if statistic.scaled else xp.ones_like(var)
             self.r, self.d = renorm(mean, 1.0 / rstd) if renorm else (None, None)
             self.rstd_stats = rstd
-            mean, rstd = (statistic.per_row(a, self.view[0]) for a in (mean, rstd))
+            mean, rstd = (statistic.per_row(a, self.dims[0]) for a in (mean, rstd))
         else:
             mean, rstd = (xp.broadcast_to(xp.asarray(a, np.float64), (1, C)) for a in fixed)
             self.r = self.d = None
@@ -188,7 +190,7 @@ class Normalize(Function):
             return self._backward_runs(grad.reshape(self.x.shape))
         need_x, need_w, need_b = self.needs_input_grad
         dy = grad.reshape(self.x.shape)
-        C = self.view[1]
+        C = self.dims[1]
         sum_dy, sum_dyx = self.kernels.grad_sums(dy, self.x, self.center.astype(dy.dtype))
         dw, db = affine_grads(sum_dy, sum_dyx, self.rstd, self.r, self.d)
         dx = None
@@ -199,7 +201,7 @@ class Normalize(Function):
             alpha = self.rstd * g
             beta = delta = 0
             if self.batch:
-                stat, m = self.statistic, self.statistic.count(self.view)
+                stat, m = self.statistic, self.statistic.count(self.dims)
                 beta, delta = dx_terms(
                     self.rstd_stats,
                     stat.sums(g * sum_dy) / m,
@@ -207,7 +209,7 @@ class Normalize(Function):
                     stat.centered,
                     stat.scaled,
                 )
-                beta, delta = (stat.per_row(a, self.view[0]) for a in (beta, delta))
+                beta, delta = (stat.per_row(a, self.dims[0]) for a in (beta, delta))
             center = self.center.astype(dy.dtype)
             dx = self.kernels.combine(dy, self.x, center, alpha, beta, delta).reshape(self.shape)
         return (
@@ -253,9 +255,9 @@ def affine_grads(sum_dy, sum_dyx, rstd, r=None, d=None):
     return xt.sum(axis=0), sum_dy.sum(axis=0)
 
 
-def affine_tables(view, weight, bias) -> list:
-    """An elementwise affine's γ and β as (C, S) tables of the (N, C, S) view; None stays None."""
-    return [None if t is None else t.reshape(view[1:]) for t in (weight, bias)]
+def affine_tables(dims, weight, bias) -> list:
+    """An elementwise affine's γ and β as (C, S) tables for dims (N, C, S); None stays None."""
+    return [None if t is None else t.reshape(dims[1:]) for t in (weight, bias)]
 
 
 class _Layout(NamedTuple):

@@ -71,9 +71,9 @@ class MixedNormalize(Function):
       (beta_k = delta_k = 0 for fixed statistics).
     """
 
-    def forward(self, x, weight, bias, *mix_weights, view, components, eps):
-        x3 = x.reshape(view)
-        C = view[1]
+    def forward(self, x, weight, bias, *mix_weights, dims, components, eps):
+        x3 = x.reshape(dims)
+        C = dims[1]
         xp = get_array_module(x)
         self.x3, self.shape, self.eps = x3, x.shape, eps
         self.weight, self.bias, self.mix = weight, bias, mix_weights
@@ -131,9 +131,9 @@ class SwitchableNormalize(Function):
     where Σ_k sums over the rows of k's statistic (only batch statistics contribute).
     """
 
-    def forward(self, x, weight, bias, mean_weights, var_weights, *, view, components, eps):
-        x3 = x.reshape(view)
-        C = view[1]
+    def forward(self, x, weight, bias, mean_weights, var_weights, *, dims, components, eps):
+        x3 = x.reshape(dims)
+        C = dims[1]
         self.x3, self.shape, self.weight, self.bias = x3, x.shape, weight, bias
         self.wm, self.wv = mean_weights, var_weights
         self.parts = _moments(x3, components)
@@ -187,11 +187,11 @@ def mixed_normalize(
     bias: Tensor | None,
     mix_weights,
     *,
-    view,
+    dims,
     components,
     eps: float,
 ) -> Tensor:
     """y = γ·Σ_k w_k·x̂_k + β for the `components` and per-channel weight tensors."""
     return MixedNormalize.apply(
-        x, weight, bias, *mix_weights, view=view, components=tuple(components), eps=eps
+        x, weight, bias, *mix_weights, dims=dims, components=tuple(components), eps=eps
     )

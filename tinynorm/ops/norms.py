@@ -24,13 +24,14 @@ PER_CHANNEL = Statistic(across_batch=True)  # batch norm: per channel over N and
 PER_ROW = Statistic()  # instance norm: per sample and channel; layer norm on (N, 1, S)
 
 
-def channel_view(x: Tensor, op: str, **per_channel: Tensor | None) -> tuple[int, int, int]:
+def channel_dims(x: Tensor, op: str, **per_channel: Tensor | None) -> tuple[int, int, int]:
     """(N, C, S) for an input (N, C, *spatial), or an error naming what is wrong with it or
     with one of the `per_channel` tensors (weight, bias, running estimates), which must be (C,)."""
     check_dtype(op, x)
-    if x.ndim < 2:
-        raise ValueError(f"{op}: expected an input (N, C, ...), got shape {x.shape}")
-    n, c = x.shape[:2]
+    shape = x.shape
+    if len(shape) < 2:
+        raise ValueError(f"{op}: expected an input (N, C, ...), got shape {shape}")
+    n, c = shape[:2]
     for name, t in per_channel.items():
         if t is None or tuple(t.shape) == (c,):
             continue
@@ -38,13 +39,13 @@ def channel_view(x: Tensor, op: str, **per_channel: Tensor | None) -> tuple[int,
             raise ValueError(f"{op}: {name} must have shape ({c},), got {tuple(t.shape)}")
         raise ValueError(
             f"{op}: expected {len(t)} channels ({name} has {len(t)}), got input of shape "
-            f"{x.shape} with {c}"
+            f"{shape} with {c}"
         )
-    return n, c, math.prod(x.shape[2:])
+    return n, c, math.prod(shape[2:])
 
 
-def last_dims_view(x: Tensor, op: str, normalized_shape) -> tuple[tuple[int, ...], tuple]:
-    """normalized_shape as a tuple and the (M, 1, S) view of an input ending with it, or an
+def last_dims(x: Tensor, op: str, normalized_shape) -> tuple[tuple[int, ...], tuple]:
+    """normalized_shape as a tuple and the (M, 1, S) dims of an input ending with it, or an
     error naming both shapes."""
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     k = len(shape)
@@ -86,8 +87,8 @@ def _need_running(op: str, *estimates: Tensor | None) -> None:
         raise ValueError(f"{op} without batch statistics needs its running estimates")
 
 
-def _check_training_batch(x: Tensor, view) -> None:
-    if view[0] * view[2] == 1:
+def _check_training_batch(x: Tensor, dims) -> None:
+    if dims[0] * dims[2] == 1:
         raise ValueError(
             f"expected more than 1 value per channel when training, got input of shape {x.shape}"
         )
@@ -106,17 +107,17 @@ def batch_norm(
     """y = (x - μ)/sqrt(σ² + ε)·γ + β per channel. Training: batch μ, σ² (biased), and the
     running estimates move by `momentum` towards μ and the unbiased m/(m-1)·σ². Eval: running."""
     estimates = {"running_mean": running_mean, "running_var": running_var}
-    view = channel_view(input, "batch_norm", weight=weight, bias=bias, **estimates)
+    dims = channel_dims(input, "batch_norm", weight=weight, bias=bias, **estimates)
     if input.numel() == 0:
         return empty(input, weight, bias)
     if not training:
         _need_running("batch norm", running_mean, running_var)
         fixed = (running_mean.data, _rstd(running_var, eps))
-        return Normalize.apply(input, weight, bias, view=view, statistic=PER_CHANNEL, fixed=fixed)
-    _check_training_batch(input, view)
-    report = running_update(running_mean, running_var, PER_CHANNEL.count(view), momentum)
+        return Normalize.apply(input, weight, bias, dims=dims, statistic=PER_CHANNEL, fixed=fixed)
+    _check_training_batch(input, dims)
+    report = running_update(running_mean, running_var, PER_CHANNEL.count(dims), momentum)
     return Normalize.apply(
-        input, weight, bias, view=view, statistic=PER_CHANNEL, eps=eps, report=report
+        input, weight, bias, dims=dims, statistic=PER_CHANNEL, eps=eps, report=report
     )
 
 
@@ -137,14 +138,14 @@ def batch_renorm(
     d = clip((μ_B - μ)/σ, -dmax, dmax), r and d constant in the backward pass; then
     μ += momentum·(μ_B - μ), σ += momentum·(σ_B - σ).  eval: x̂ = (x - μ)/σ."""
     estimates = {"running_mean": running_mean, "running_std": running_std}
-    view = channel_view(input, "batch_renorm", weight=weight, bias=bias, **estimates)
+    dims = channel_dims(input, "batch_renorm", weight=weight, bias=bias, **estimates)
     if input.numel() == 0:
         return empty(input, weight, bias)
     _need_running("batch_renorm", running_mean, running_std)
     if not training:
         fixed = (running_mean.data, 1.0 / running_std.data.astype(np.float64))
-        return Normalize.apply(input, weight, bias, view=view, statistic=PER_CHANNEL, fixed=fixed)
-    _check_training_batch(input, view)
+        return Normalize.apply(input, weight, bias, dims=dims, statistic=PER_CHANNEL, fixed=fixed)
+    _check_training_batch(input, dims)
 
     def renorm(mean_b, std_b):
         xp = get_array_module(mean_b)
@@ -157,7 +158,7 @@ def batch_renorm(
         return r, d
 
     return Normalize.apply(
-        input, weight, bias, view=view, statistic=PER_CHANNEL, eps=eps, renorm=renorm
+        input, weight, bias, dims=dims, statistic=PER_CHANNEL, eps=eps, renorm=renorm
     )
 
 
@@ -171,18 +172,18 @@ def mean_only_batch_norm(
     """Mean-only batch norm (Salimans & Kingma 2016): y = x - μ + β per channel, no division;
     μ is the batch mean in training (the running mean moves towards it), the running mean in
     eval."""
-    view = channel_view(input, "mean_only_batch_norm", bias=bias, running_mean=running_mean)
+    dims = channel_dims(input, "mean_only_batch_norm", bias=bias, running_mean=running_mean)
     if input.numel() == 0:
         return empty(input, bias)
     statistic = PER_CHANNEL._replace(scaled=False)
     if not training:
         _need_running("mean_only_batch_norm", running_mean)
         return Normalize.apply(
-            input, None, bias, view=view, statistic=statistic, fixed=(running_mean.data, 1.0)
+            input, None, bias, dims=dims, statistic=statistic, fixed=(running_mean.data, 1.0)
         )
-    _check_training_batch(input, view)
-    report = running_update(running_mean, None, statistic.count(view), momentum)
-    return Normalize.apply(input, None, bias, view=view, statistic=statistic, report=report)
+    _check_training_batch(input, dims)
+    report = running_update(running_mean, None, statistic.count(dims), momentum)
+    return Normalize.apply(input, None, bias, dims=dims, statistic=statistic, report=report)
 
 
 def instance_norm(
@@ -199,8 +200,8 @@ def instance_norm(
     channel. Running estimates, when given, move towards the batch average of the instance
     means and unbiased variances; with use_input_stats=False they replace the instance stats."""
     estimates = {"running_mean": running_mean, "running_var": running_var}
-    view = channel_view(input, "instance_norm", weight=weight, bias=bias, **estimates)
-    if use_input_stats and view[2] == 1:
+    dims = channel_dims(input, "instance_norm", weight=weight, bias=bias, **estimates)
+    if use_input_stats and dims[2] == 1:
         raise ValueError(
             f"instance_norm: expected more than 1 spatial value per channel, got input of shape "
             f"{input.shape}"
@@ -210,10 +211,10 @@ def instance_norm(
     if not use_input_stats:
         _need_running("instance_norm", running_mean, running_var)
         fixed = (running_mean.data, _rstd(running_var, eps))
-        return Normalize.apply(input, weight, bias, view=view, statistic=PER_ROW, fixed=fixed)
-    report = running_update(running_mean, running_var, view[2], momentum)
+        return Normalize.apply(input, weight, bias, dims=dims, statistic=PER_ROW, fixed=fixed)
+    report = running_update(running_mean, running_var, dims[2], momentum)
     return Normalize.apply(
-        input, weight, bias, view=view, statistic=PER_ROW, eps=eps, report=report
+        input, weight, bias, dims=dims, statistic=PER_ROW, eps=eps, report=report
     )
 
 
@@ -226,14 +227,14 @@ def group_norm(
 ) -> Tensor:
     """y = (x - μ)/sqrt(σ² + ε)·γ + β with μ, σ² over each sample's group of C/G consecutive
     channels and all spatial positions; γ, β per channel."""
-    view = channel_view(input, "group_norm", weight=weight, bias=bias)
-    C = view[1]
+    dims = channel_dims(input, "group_norm", weight=weight, bias=bias)
+    C = dims[1]
     if num_groups < 1 or C % num_groups:
         raise ValueError(f"group_norm: num_groups {num_groups} must divide the {C} channels")
     if input.numel() == 0:
         return empty(input, weight, bias)
     statistic = Statistic(channels=C // num_groups)
-    return Normalize.apply(input, weight, bias, view=view, statistic=statistic, eps=eps)
+    return Normalize.apply(input, weight, bias, dims=dims, statistic=statistic, eps=eps)
 
 
 def layer_norm(
@@ -245,12 +246,12 @@ def layer_norm(
 ) -> Tensor:
     """y = (x - μ)/sqrt(σ² + ε)·γ + β with μ, σ² over the last len(normalized_shape) dims of
     each example; γ, β elementwise over normalized_shape."""
-    _, view = last_dims_view(input, "layer_norm", normalized_shape)
+    _, dims = last_dims(input, "layer_norm", normalized_shape)
     if input.numel() == 0:
         return empty(input, weight, bias)
     elementwise = weight is not None or bias is not None
     return Normalize.apply(
-        input, weight, bias, view=view, statistic=PER_ROW, eps=eps, elementwise=elementwise
+        input, weight, bias, dims=dims, statistic=PER_ROW, eps=eps, elementwise=elementwise
     )
 
 
@@ -263,13 +264,13 @@ def rms_norm(
     """RMSNorm (Zhang & Sennrich 2019), PyTorch's `F.rms_norm`: y = x/sqrt(⟨x²⟩ + ε)·γ with
     ⟨x²⟩ over the last len(normalized_shape) dims of each example; γ elementwise over
     normalized_shape; eps=None takes the machine epsilon of the input's dtype."""
-    _, view = last_dims_view(input, "rms_norm", normalized_shape)
+    _, dims = last_dims(input, "rms_norm", normalized_shape)
     if input.numel() == 0:
         return empty(input, weight)
     eps = float(np.finfo(input.dtype).eps) if eps is None else eps
     statistic = PER_ROW._replace(centered=False)
     return Normalize.apply(
-        input, weight, None, view=view, statistic=statistic, eps=eps, elementwise=True
+        input, weight, None, dims=dims, statistic=statistic, eps=eps, elementwise=True
     )
 
 
@@ -283,7 +284,7 @@ def filter_response_norm(
     """Filter response normalization with its thresholded linear unit (Singh & Krishnan 2019):
     ν² = ⟨x²⟩ over the spatial dims of each sample and channel, y = γ·x/sqrt(ν² + |ε|) + β,
     z = max(y, τ); γ, β, τ per channel. `eps` is a number or a learned (1,) tensor."""
-    view = channel_view(input, "filter_response_norm", weight=weight, bias=bias, tau=tau)
+    dims = channel_dims(input, "filter_response_norm", weight=weight, bias=bias, tau=tau)
     if input.numel() == 0:
         return empty(input, weight, bias, tau, eps if isinstance(eps, Tensor) else None)
     statistic = PER_ROW._replace(centered=False)
@@ -291,10 +292,10 @@ def filter_response_norm(
         learned, eps = elementwise.abs(eps), 0.0
     else:
         learned, eps = None, abs(eps)
-    y = Normalize.apply(input, weight, bias, learned, view=view, statistic=statistic, eps=eps)
+    y = Normalize.apply(input, weight, bias, learned, dims=dims, statistic=statistic, eps=eps)
     if tau is None:
         return y
-    return elementwise.maximum(y, tau.reshape((1, view[1]) + (1,) * (input.ndim - 2)))
+    return elementwise.maximum(y, tau.reshape((1, dims[1]) + (1,) * (input.ndim - 2)))
 
 
 def batch_instance_norm(
@@ -311,26 +312,26 @@ def batch_instance_norm(
     """Batch-instance norm (Nam & Kim 2018): y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β, ρ per channel;
     x̂_BN uses batch statistics in training and the running estimates in eval."""
     estimates = {"running_mean": running_mean, "running_var": running_var}
-    view = channel_view(
+    dims = channel_dims(
         input, "batch_instance_norm", rho=rho, weight=weight, bias=bias, **estimates
     )
     if input.numel() == 0:
         return empty(input, weight, bias, rho)
-    bn = _batch_component(input, view, running_mean, running_var, training, momentum)
+    bn = _batch_component(input, dims, running_mean, running_var, training, momentum)
     components = (bn, Component(PER_ROW))
     return mixed_normalize(
-        input, weight, bias, (rho, 1 - rho), view=view, components=components, eps=eps
+        input, weight, bias, (rho, 1 - rho), dims=dims, components=components, eps=eps
     )
 
 
-def _batch_component(input, view, running_mean, running_var, training, momentum) -> Component:
+def _batch_component(input, dims, running_mean, running_var, training, momentum) -> Component:
     """Batch norm's statistics in a mixture: the batch's in training (moving the running
     estimates, when given), the running estimates in eval."""
     if not training:
         _need_running("batch norm", running_mean, running_var)
         return Component(PER_CHANNEL, fixed=(running_mean.data, running_var.data))
-    _check_training_batch(input, view)
-    report = running_update(running_mean, running_var, PER_CHANNEL.count(view), momentum)
+    _check_training_batch(input, dims)
+    report = running_update(running_mean, running_var, PER_CHANNEL.count(dims), momentum)
     return Component(PER_CHANNEL, report=report)
 
 
@@ -351,12 +352,12 @@ def batch_layer_norm(
     As in `batch_norm`: batch statistics in training (updating the running estimates when
     given), the running estimates otherwise."""
     estimates = {"running_mean": running_mean, "running_var": running_var}
-    view = channel_view(input, "batch_layer_norm", weight=weight, bias=bias, **estimates)
+    dims = channel_dims(input, "batch_layer_norm", weight=weight, bias=bias, **estimates)
     if input.numel() == 0:
         return empty(input, weight, bias)
-    N, C, _ = view
+    N, C, _ = dims
     xp = get_array_module(input.data)
-    bn = _batch_component(input, view, running_mean, running_var, training, momentum)
+    bn = _batch_component(input, dims, running_mean, running_var, training, momentum)
     components = (bn, Component(Statistic(channels=C)))
     m = N if batch_size is None else batch_size
     w_bn, w_ln = [
@@ -364,7 +365,7 @@ def batch_layer_norm(
         for w in (1 - 1 / m - delta, 1 / m - delta)
     ]
     return mixed_normalize(
-        input, weight, bias, (w_bn, w_ln), view=view, components=components, eps=eps
+        input, weight, bias, (w_bn, w_ln), dims=dims, components=components, eps=eps
     )
 
 
@@ -384,22 +385,22 @@ def switchable_norm(
     over k = (IN, LN, BN), y = γ (x - μ)/sqrt(σ² + ε) + β. The BN statistics are the batch's
     in training (updating the running estimates) and the running estimates in eval."""
     estimates = {"running_mean": running_mean, "running_var": running_var}
-    view = channel_view(input, "switchable_norm", weight=weight, bias=bias, **estimates)
+    dims = channel_dims(input, "switchable_norm", weight=weight, bias=bias, **estimates)
     if not training:
         _need_running("switchable_norm", running_mean, running_var)
     if training:
-        _check_training_batch(input, view)
+        _check_training_batch(input, dims)
     if input.numel() == 0:
         return empty(input, weight, bias, mean_logits, var_logits)
-    bn = _batch_component(input, view, running_mean, running_var, training, momentum)
-    components = (Component(PER_ROW), Component(Statistic(channels=view[1])), bn)
+    bn = _batch_component(input, dims, running_mean, running_var, training, momentum)
+    components = (Component(PER_ROW), Component(Statistic(channels=dims[1])), bn)
     return SwitchableNormalize.apply(
         input,
         weight,
         bias,
         softmax(mean_logits, 0),
         softmax(var_logits, 0),
-        view=view,
+        dims=dims,
         components=components,
         eps=eps,
     )
