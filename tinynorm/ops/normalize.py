@@ -78,17 +78,26 @@ class Statistic(NamedTuple):
     def _axes(self):
         return (0, 2) if self.across_batch else 2
 
+    def _one_row(self, rows) -> bool:
+        """Whether each statistic covers one row of the per-row array `rows` (N, C)."""
+        return self.channels == 1 and (not self.across_batch or rows.shape[0] == 1)
+
     def moments(self, row_mean, row_m2, S: int):
         """Each statistic's center c and σ² (biased), (1 or N, C/k), from each row's mean and
         M2 = Σ_s (x - mean_row)² (S values a row), pooled with `formulas.pool_moments`."""
-        mean, m2, m = pool_moments(self._runs(row_mean), self._runs(row_m2), S, self._axes())
-        var = m2 / m
+        if self._one_row(row_mean):
+            mean, var = row_mean, row_m2 / S
+        else:
+            mean, m2, m = pool_moments(self._runs(row_mean), self._runs(row_m2), S, self._axes())
+            mean, var = mean[..., 0], m2[..., 0] / m
         if not self.centered:
             var, mean = var + mean * mean, 0 * mean
-        return mean[..., 0], var[..., 0]
+        return mean, var
 
     def sums(self, rows):
         """A per-row array (N, C) summed over each statistic's rows: (1 or N, C/k)."""
+        if self._one_row(rows):
+            return rows
         return self._runs(rows).sum(axis=self._axes(), keepdims=True)[..., 0]
 
     def per_row(self, stats, N: int):

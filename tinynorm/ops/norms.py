@@ -74,11 +74,16 @@ def running_update(running_mean, running_var, m: int, momentum: float):
         return None
 
     def report(mean, var) -> None:
-        _blend(running_mean, mean.mean(axis=0), momentum)
+        _blend(running_mean, _average(mean), momentum)
         if running_var is not None:
-            _blend(running_var, var.mean(axis=0) * (m / (m - 1)), momentum)
+            _blend(running_var, _average(var) * (m / (m - 1)), momentum)
 
     return report
+
+
+def _average(stats):
+    """Per-statistic values (1 or N, C) averaged over the samples: (C,)."""
+    return stats[0] if len(stats) == 1 else stats.mean(axis=0)
 
 
 def _need_running(op: str, *estimates: Tensor | None) -> None:
