@@ -89,7 +89,7 @@ class Statistic(NamedTuple):
             mean, var = row_mean, row_m2 / S
         else:
             mean, m2, m = pool_moments(self._runs(row_mean), self._runs(row_m2), S, self._axes())
-            mean, var = mean[..., 0], m2[..., 0] / m
+            mean, var = mean[..., 0], (m2 / m)[..., 0]
         if not self.centered:
             var, mean = var + mean * mean, 0 * mean
         return mean, var
