@@ -26,11 +26,13 @@ import common
 
 NCHW = (64, 32, 28, 28)
 # name -> (layer constructor name, arguments, input shape); the same names in both frameworks
+# (not built from tinynorm.variants: a torch process must not import tinynorm)
 LAYERS = {
     "BatchNorm2d": ("BatchNorm2d", (32,), NCHW),
     "GroupNorm(8)": ("GroupNorm", (8, 32), NCHW),
     "InstanceNorm2d(affine)": ("InstanceNorm2d", (32,), NCHW),
     "LayerNorm(C, H, W)": ("LayerNorm", ((32, 28, 28),), NCHW),
+    "RMSNorm(C, H, W)": ("RMSNorm", ((32, 28, 28),), NCHW),
     "BatchNorm1d": ("BatchNorm1d", (1024,), (256, 1024)),
 }
 

@@ -176,12 +176,9 @@ def normalize_runs(x, k, eps, centered, gamma, beta, w, b, y, mean, rstd):
     for j in prange(N * G):
         n, g = j // G, j % G
         lo = g * k
-        mu, m2 = _moments(x, n, lo, lo + k)
-        var = m2 / (k * S)
-        if not centered:
-            var += mu * mu
-            mu = 0.0
-        r = 1.0 / np.sqrt(var + eps)
+        mean_run, m2 = _moments(x, n, lo, lo + k)
+        mu = mean_run * centered  # branch-free: c = 0 and σ² = ⟨x²⟩ when not centered
+        r = 1.0 / np.sqrt(m2 / (k * S) + (mean_run - mu) ** 2 + eps)
         mean[n, g], rstd[n, g] = mu, r
         for c in range(lo, lo + k):
             _normalize_row(x, y, n, c, cast(mu), cast(r * gamma[c]), beta[c], w, b)
