@@ -159,3 +159,46 @@ def test_against_torch(rng, make, shape):
             np.testing.assert_allclose(
                 ours.state_dict()[key].numpy(), value.numpy(), err_msg=key, **close
             )
+
+
+@pytest.mark.parametrize(("variant", "rank"), CASES)
+def test_reset_running_stats_restores_the_initial_estimates(rng, variant, rank):
+    layer, shape = build(variant, rank, rng)
+    fresh = variant.make(nn, shape).double().state_dict()
+    layer(tn.tensor(rng.standard_normal(shape)))
+    buffers = dict(layer.named_buffers())
+    if not buffers:  # nothing tracked: nothing to reset
+        return
+    assert any(not np.array_equal(b.numpy(), fresh[k].numpy()) for k, b in buffers.items())
+    layer.reset_running_stats()
+    for key, b in layer.named_buffers():
+        if key != "batch_size":  # batch-layer norm's last training batch size is no estimate
+            np.testing.assert_array_equal(b.numpy(), fresh[key].numpy(), err_msg=key)
+
+
+def test_rms_norm_is_pytorchs_formula_and_has_no_bias(rng):
+    layer = nn.RMSNorm((3, 2)).double()
+    assert [name for name, _ in layer.named_parameters()] == ["weight"]
+    assert nn.RMSNorm(4, elementwise_affine=False).weight is None
+    x = rng.standard_normal((5, 3, 2))
+    expected = x / np.sqrt((x**2).mean(axis=(1, 2), keepdims=True) + np.finfo(np.float64).eps)
+    np.testing.assert_allclose(layer(tn.tensor(x)).numpy(), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"does not end with normalized_shape \(3, 2\)"):
+        layer(tn.tensor(rng.standard_normal((5, 2, 3))))
+
+
+def test_filter_response_norm_thresholds_at_tau_and_learns_eps(rng):
+    layer = nn.FilterResponseNorm2d(3, eps=1e-3, learnable_eps=True).double()
+    assert [name for name, _ in layer.named_parameters()] == ["weight", "bias", "tau", "eps"]
+    layer.tau.data[...] = [-0.5, 0.0, 0.5]
+    x = rng.standard_normal((2, 3, 4, 4))
+    eps = float(layer.eps.data[0])  # 1e-3 as stored in float32, then made float64
+    y = x / np.sqrt((x**2).mean(axis=(2, 3), keepdims=True) + eps)
+    z = layer(tn.tensor(x)).numpy()
+    np.testing.assert_allclose(z, np.maximum(y, layer.tau.numpy().reshape(1, 3, 1, 1)), rtol=1e-12)
+    assert (z[:, 2] >= 0.5).all() and (z[:, 2] == 0.5).any()
+    assert "learnable_eps=True" in repr(layer)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        layer(tn.tensor(rng.standard_normal((2, 3, 4))))
+    with pytest.raises(TypeError, match="FilterResponseNorm2d: input dtype int32"):
+        layer(tn.tensor(np.ones((2, 3, 4, 4), np.int32)))
