@@ -97,6 +97,7 @@ def test_layers_quick_times_every_layer_in_its_own_process(tmp_path):
         "GroupNorm(8)",
         "InstanceNorm2d(affine)",
         "LayerNorm(C, H, W)",
+        "RMSNorm(C, H, W)",
         "BatchNorm1d",
     ]
     for row in rows:
