@@ -17,14 +17,19 @@ and their twins for an (N, C) array whose channels are columns (batch norm of a 
 layer's output, no transpose), with per-column arguments (C,): `column_moments`,
 `normalize_columns`, `column_sums`, `combine_columns`;
 
-and, for the per-sample statistics (IN, GN, LN), each over a run of k consecutive rows, the same
-work fused per run while it is in cache (on a GPU: composed from the kernels above):
+and, for the per-sample statistics (IN, GN, LN, RMSNorm, FRN), each over a run of k
+consecutive rows, the same work fused per run while it is in cache (on a GPU: composed from the
+kernels above); c is the run's mean, or 0 when not `centered` (then var = ⟨x²⟩):
 
-    normalize_runs(x, k, eps, gamma, beta, w, b)
-                                            ρ = 1/sqrt(var_run + eps), y = (x - mean_run)·ρ·
-                                            gamma[c]·w[c, s] + beta[c] + b[c, s]; mean_run, ρ
-    combine_runs(dy, x, k, mean, rstd, gamma, w)
-                                            its backward: dx, Σ_s dy·w, Σ_s dy·w·(x - mean_run)
+    normalize_runs(x, k, eps, gamma, beta, w, b, centered)
+                                            ρ = 1/sqrt(var_run + eps), y = (x - c)·ρ·
+                                            gamma[c]·w[c, s] + beta[c] + b[c, s]; c, ρ
+    combine_runs(dy, x, k, mean, rstd, gamma, w, centered)
+                                            its backward: dx, Σ_s dy·w, Σ_s dy·w·(x - c)
+
+`formulas.py` holds what the kernels, the GPU path and the ops share: the pooling of moments
+and the closed-form gradient of a normalization. `is_cupy` and `get_array_module` are the
+project's one array-module helper (`tinynorm.backend` re-exports them).
 
 and, for the convolution's GEMMs, `im2col` (each image's window columns) and its adjoint
 `col2im` (on the CPU: serial and without the GIL, the convolution runs them in threads); for
