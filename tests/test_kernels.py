@@ -26,7 +26,7 @@ from numba import cuda as numba_cuda
 from tinynorm.kernels import cpu
 from tinynorm.kernels import cuda as gpu
 
-from tinynorm import kernels
+from tinynorm import kernels, reference
 
 DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["float32", "float64"]
@@ -307,7 +307,8 @@ channels_param = pytest.mark.parametrize("channels", [False, True], ids=["plain"
 
 @dataclass
 class Runs:
-    """A Case with per-channel gamma, beta (C,) or None, and the tables w, b or None."""
+    """A Case with per-channel gamma, beta (C,) or None, the tables w, b or None, and whether
+    the runs are centered (c = the mean) or not (c = 0, var = ⟨x²⟩: RMSNorm, FRN)."""
 
     case: Case
     k: int
@@ -315,23 +316,25 @@ class Runs:
     beta: np.ndarray | None
     w: np.ndarray | None
     b: np.ndarray | None
+    centered: bool = True
 
     @property
     def affine(self):
         return self.gamma, self.beta, self.w, self.b
 
 
-def make_runs(rng, shape, k, dtype, channels: bool, elementwise: bool) -> Runs:
+def make_runs(rng, shape, k, dtype, channels: bool, elementwise: bool, centered=True) -> Runs:
     case = make_case(rng, shape, dtype, offset=1.5)
     C = shape[1]
     gamma = rng.uniform(0.5, 1.5, C).astype(dtype) if channels else None
     beta = rng.standard_normal(C).astype(dtype) if channels else None
     w, b = (case.w, case.b) if elementwise else (None, None)
-    return Runs(case, k, gamma, beta, w, b)
+    return Runs(case, k, gamma, beta, w, b, centered)
 
 
 def ref_runs(r: Runs):
-    """Float64 NumPy: the run statistics, y, and the backward's dx, Σ_s dy·w, Σ_s dy·w·(x - μ)."""
+    """Float64, by `tinynorm.reference`: the run statistics (c, ρ), y, and the backward's dx,
+    Σ_s dy·w and Σ_s dy·w·(x - c)."""
     x, dy = r.case.f64("x", "dy")
     N, C, _ = x.shape
     G = C // r.k
@@ -342,16 +345,11 @@ def ref_runs(r: Runs):
     gamma = f64(r.gamma, np.ones(C))[:, None]
     beta = f64(r.beta, np.zeros(C))[:, None]
     w, b = f64(r.w, 1.0), f64(r.b, 0.0)
-    runs = x.reshape(N, G, -1)
-    mean = runs.mean(axis=2)
-    rstd = 1 / np.sqrt(runs.var(axis=2) + EPS)
-    xhat = ((runs - mean[..., None]) * rstd[..., None]).reshape(x.shape)
-    y = xhat * gamma * w + beta + b
-    dxhat = (gamma * dy * w).reshape(N, G, -1)
-    xh = xhat.reshape(N, G, -1)
-    dx = rstd[..., None] * (
-        dxhat - dxhat.mean(axis=2, keepdims=True) - xh * (dxhat * xh).mean(axis=2, keepdims=True)
-    )
+    xhat, mean, rstd = reference.standardize(x.reshape(N, G, -1), 2, EPS, r.centered)
+    y = xhat.reshape(x.shape) * gamma * w + beta + b
+    g = (gamma * dy * w).reshape(N, G, -1)
+    dx = reference.standardize_grad(g, xhat, rstd, 2, r.centered)
+    mean, rstd = mean[..., 0], rstd[..., 0]
     terms_dy = dy * w
     terms_dyx = terms_dy * (x - np.repeat(mean, r.k, axis=1)[..., None])
     return y, mean, rstd, dx.reshape(x.shape), terms_dy, terms_dyx
@@ -361,23 +359,26 @@ def ref_runs(r: Runs):
 @dtype_param
 @channels_param
 @elementwise_param
-def test_cpu_runs_match_numpy_and_the_composed_path(rng, shape, k, dtype, channels, elementwise):
-    r = make_runs(rng, shape, k, dtype, channels, elementwise)
+@pytest.mark.parametrize("centered", [True, False], ids=["centered", "uncentered"])
+def test_cpu_runs_match_numpy_and_the_composed_path(
+    rng, shape, k, dtype, channels, elementwise, centered
+):
+    r = make_runs(rng, shape, k, dtype, channels, elementwise, centered)
     x, dy = r.case.x, r.case.dy
-    y, mean, rstd = kernels.normalize_runs(x, k, EPS, *r.affine)
+    y, mean, rstd = kernels.normalize_runs(x, k, EPS, *r.affine, centered=centered)
     ref_y, ref_mean, ref_rstd, ref_dx, terms_dy, terms_dyx = ref_runs(r)
     assert mean.shape == rstd.shape == (shape[0], shape[1] // k)
     assert_values(y, ref_y, dtype)
     assert_means(mean, x.astype(np.float64), ref_mean)
     np.testing.assert_allclose(rstd, ref_rstd, rtol=1e-10)
     gamma, w = r.gamma, r.w
-    dx, sum_dy, sum_dyx = kernels.combine_runs(dy, x, k, mean, rstd, gamma, w)
+    dx, sum_dy, sum_dyx = kernels.combine_runs(dy, x, k, mean, rstd, gamma, w, centered)
     assert_values(dx, ref_dx, dtype)
     assert_sums(sum_dy, terms_dy, axis=2, tol=SUM_TOL[dtype])
     assert_sums(sum_dyx, terms_dyx, axis=2, tol=SUM_TOL[dtype])
 
-    composed = kernels.normalize_runs_composed(x, k, EPS, *r.affine)
-    composed += kernels.combine_runs_composed(dy, x, k, mean, rstd, gamma, w)
+    composed = kernels.normalize_runs_composed(x, k, EPS, *r.affine, centered)
+    composed += kernels.combine_runs_composed(dy, x, k, mean, rstd, gamma, w, centered)
     for fused, other in zip((y, mean, rstd, dx, sum_dy, sum_dyx), composed):
         assert fused.dtype == other.dtype
         np.testing.assert_allclose(fused, other, rtol=TOL[dtype], atol=TOL[dtype])
@@ -515,14 +516,15 @@ def test_cuda_two_stage_row_grad_sums(rng, shape, chunk, dtype, elementwise):
 @pytest.mark.parametrize("k", [1, 3])
 @dtype_param
 @elementwise_param
-def test_cuda_runs_match_the_fused_cpu_kernels(rng, simulate_gpu, k, dtype, elementwise):
+@pytest.mark.parametrize("centered", [True, False], ids=["centered", "uncentered"])
+def test_cuda_runs_match_the_fused_cpu_kernels(rng, simulate_gpu, k, dtype, elementwise, centered):
     r = make_runs(rng, (2, 6, 37), k, dtype, True, elementwise)
     x, dy = r.case.x, r.case.dy
-    fused = kernels.normalize_runs(x, k, EPS, *r.affine)
-    fused += kernels.combine_runs(dy, x, k, *fused[1:], r.gamma, r.w)
+    fused = kernels.normalize_runs(x, k, EPS, *r.affine, centered=centered)
+    fused += kernels.combine_runs(dy, x, k, *fused[1:], r.gamma, r.w, centered)
     launched = simulate_gpu()
-    on_gpu = kernels.normalize_runs(x, k, EPS, *r.affine)
-    on_gpu += kernels.combine_runs(dy, x, k, *on_gpu[1:], r.gamma, r.w)
+    on_gpu = kernels.normalize_runs(x, k, EPS, *r.affine, centered=centered)
+    on_gpu += kernels.combine_runs(dy, x, k, *on_gpu[1:], r.gamma, r.w, centered)
     assert launched
     for actual, expected in zip(on_gpu, fused):
         assert actual.dtype == expected.dtype

@@ -49,9 +49,11 @@ def test_every_variant_has_a_unique_name_and_key():
     assert {"rms", "frn"} <= set(BY_KEY)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize(("variant", "rank"), CASES)
-def test_forward_and_backward_match_the_reference_in_float64(rng, variant, rank):
+def test_forward_and_backward_match_the_reference_in_float64(rng, variant, rank, training):
     layer, shape = build(variant, rank, rng)
+    layer.train(training)
     x = 0.5 + 1.5 * rng.standard_normal(shape)
     dy = rng.standard_normal(shape)
     expected_y = variant.reference(layer, x)
