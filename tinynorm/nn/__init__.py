@@ -32,6 +32,7 @@ from .normalization import (
     MeanOnlyBatchNorm2d,
     RMSNorm,
     SwitchableNorm2d,
+    SyncBatchNorm,
 )
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "SwitchableNorm2d",
+    "SyncBatchNorm",
     "Tanh",
     "functional",
     "init",

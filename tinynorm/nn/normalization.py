@@ -134,6 +134,71 @@ class BatchNorm2d(_BatchNorm):
     ranks = (4,)
 
 
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm whose training statistics cover the batches of every rank of a process group
+    (`tinynorm.distributed`), PyTorch's `nn.SyncBatchNorm`: forward and backward equal one
+    process's batch norm on all the ranks' batches concatenated, and every rank's running
+    estimates move alike. Without an initialized group, in eval, or with one rank, it is
+    `BatchNorm` (any input (N, C, ...))."""
+
+    ranks = (2, 3, 4, 5)
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group=None,
+    ):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.process_group = process_group
+
+    def forward(self, x: Tensor) -> Tensor:
+        from .. import distributed
+
+        group = self.process_group
+        if group is None and distributed.is_initialized():
+            group = distributed.group()
+        if not self.training or group is None or group.size == 1:
+            return super().forward(x)
+        self._check(x)
+        factor = self._count_step(x)
+        track = self.track_running_stats
+        return ops.sync_batch_norm(
+            x,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            factor,
+            self.eps,
+            group,
+        )
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: Module, process_group=None) -> Module:
+        """`module` with every BatchNorm1d/2d inside it replaced by a SyncBatchNorm holding the
+        same parameters and running estimates (the module itself when it is one)."""
+        if isinstance(module, _BatchNorm) and not isinstance(module, cls):
+            sync = cls(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                process_group,
+            )
+            like = next(t for t in (module.weight, module.running_mean) if t is not None)
+            sync.to(like.dtype).load_state_dict(module.state_dict())
+            sync.train(module.training)
+            return sync
+        for name, child in list(module._modules.items()):
+            module._modules[name] = cls.convert_sync_batchnorm(child, process_group)
+        return module
+
+
 class _InstanceNorm(_NormBase):
     """Instance normalization (Ulyanov et al. 2016): per sample and channel over the spatial
     dims. PyTorch's defaults: no affine, no running estimates."""

@@ -126,7 +126,10 @@ class Normalize(Function):
       learned_eps         a 4th input, a (1,) tensor added to eps (per-sample batch statistics
                           only): dL/dε = Σ over the statistics of -½·ρ³·Σ dL/dx̂·(x - c)
       fixed=(c, ρ)        per-channel constants (C,) instead of batch statistics
-      report(c, σ²)       told the batch statistics, (1 or N, C/k): the running estimates' update
+      report(c, σ², m)    told the batch statistics, (1 or N, C/k), and how many values each
+                          pools: the running estimates' update
+      group               a `distributed.ProcessGroup`: batch statistics over every rank's
+                          batch (SyncBatchNorm), and the backward's sums over every rank's
       renorm(c, σ) -> (r, d)   batch renorm's corrections from the batch statistics (1, C)
       elementwise=True    γ, β span (C, S) (LayerNorm, RMSNorm) instead of one value a channel
     """
@@ -145,11 +148,13 @@ class Normalize(Function):
         report: Callable | None = None,
         renorm: Callable | None = None,
         elementwise: bool = False,
+        group=None,
     ):
         N, C, S = dims
         self.statistic, self.shape, self.batch = statistic, x.shape, fixed is None
         self.weight, self.bias, self.elementwise = weight, bias, elementwise
-        self.runs = self.batch and not statistic.across_batch and report is None
+        self.runs = self.batch and not statistic.across_batch and report is None and not group
+        self.group = group
         if learned_eps is not None:
             if not self.runs:
                 raise ValueError("a learned eps needs per-sample batch statistics")
@@ -163,8 +168,11 @@ class Normalize(Function):
         xp = get_array_module(x)
         if self.batch:
             mean, var = statistic.moments(*self.kernels.moments(self.x), self.dims[2])
+            self.count = statistic.count(self.dims)
+            if group is not None:
+                mean, var, self.count = pooled_across(group, mean, var, self.count)
             if report is not None:
-                report(mean, var)
+                report(mean, var, self.count)
             rstd = 1.0 / xp.sqrt(var + eps) if statistic.scaled else xp.ones_like(var)
             self.r, self.d = renorm(mean, 1.0 / rstd) if renorm else (None, None)
             self.rstd_stats = rstd
@@ -199,7 +207,7 @@ class Normalize(Function):
             return self._backward_runs(grad.reshape(self.x.shape))
         need_x, need_w, need_b = self.needs_input_grad
         dy = grad.reshape(self.x.shape)
-        C = self.dims[1]
+        C, xp = self.dims[1], get_array_module(grad)
         sum_dy, sum_dyx = self.kernels.grad_sums(dy, self.x, self.center.astype(dy.dtype))
         dw, db = affine_grads(sum_dy, sum_dyx, self.rstd, self.r, self.d)
         dx = None
@@ -210,14 +218,12 @@ class Normalize(Function):
             alpha = self.rstd * g
             beta = delta = 0
             if self.batch:
-                stat, m = self.statistic, self.statistic.count(self.dims)
-                beta, delta = dx_terms(
-                    self.rstd_stats,
-                    stat.sums(g * sum_dy) / m,
-                    stat.sums(g * sum_dyx) / m,
-                    stat.centered,
-                    stat.scaled,
-                )
+                stat = self.statistic
+                sums = xp.stack([stat.sums(g * sum_dy), stat.sums(g * sum_dyx)])
+                if self.group is not None:  # the sums over every rank's values
+                    sums = self.group.all_reduce(sums)
+                mean_g, mean_gx = sums / self.count
+                beta, delta = dx_terms(self.rstd_stats, mean_g, mean_gx, stat.centered, stat.scaled)
                 beta, delta = (stat.per_row(a, self.dims[0]) for a in (beta, delta))
             center = self.center.astype(dy.dtype)
             dx = self.kernels.combine(dy, self.x, center, alpha, beta, delta).reshape(self.shape)
@@ -253,6 +259,18 @@ class Normalize(Function):
             cast_grad(db if need_b else None, self.bias),
             None if d_eps is None else d_eps.astype(dy.dtype),
         )
+
+
+def pooled_across(group, mean, var, count: int):
+    """The statistics of every rank's batch together, exact (`formulas.pool_moments` over each
+    rank's mean, M2 = σ²·m and count m, gathered in one collective): (mean, σ², global count)."""
+    xp = get_array_module(mean)
+    parts = group.all_gather(xp.stack([mean, var * count, xp.full(mean.shape, float(count))]))
+    pooled, m2, n = pool_moments(parts[:, 0], parts[:, 1], parts[:, 2], 0)
+    total = int(n.flat[0])
+    if total <= 1:
+        raise ValueError(f"expected more than 1 value per channel over all ranks, got {total}")
+    return pooled[0], m2[0] / total, total
 
 
 def affine_grads(sum_dy, sum_dyx, rstd, r=None, d=None):

@@ -25,7 +25,7 @@ from .normalize import Statistic, cast_grad, per_channel
 
 class Component(NamedTuple):
     """One statistic of a mixture: what it pools; `fixed` = (μ, σ²) per channel (C,) to use
-    instead of the batch's (running estimates); `report(μ, σ²)` told the batch statistics."""
+    instead of the batch's (running estimates); `report(μ, σ², m)` told the batch statistics."""
 
     statistic: Statistic
     fixed: tuple | None = None
@@ -54,7 +54,7 @@ def _moments(x3, components) -> list[_Moments]:
             continue
         mean, var = comp.statistic.moments(*rows, S)
         if comp.report is not None:
-            comp.report(mean, var)
+            comp.report(mean, var, comp.statistic.count(x3.shape))
         per_row = comp.statistic.per_row
         out.append(_Moments(comp, per_row(mean, N), per_row(var, N), var))
     return out

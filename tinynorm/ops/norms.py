@@ -66,14 +66,14 @@ def _blend(buffer: Tensor, value, momentum: float) -> None:
     buffer.data[...] = (1 - momentum) * buffer.data + momentum * value
 
 
-def running_update(running_mean, running_var, m: int, momentum: float):
+def running_update(running_mean, running_var, momentum: float):
     """The `report` of a training step: the running mean and the unbiased variance m/(m-1)·σ²
-    move by `momentum` towards this batch's (the average over the samples for per-sample
-    statistics); None when there are no running estimates."""
+    (m values a statistic) move by `momentum` towards this batch's (the average over the
+    samples for per-sample statistics); None when there are no running estimates."""
     if running_mean is None:
         return None
 
-    def report(mean, var) -> None:
+    def report(mean, var, m: int) -> None:
         _blend(running_mean, _average(mean), momentum)
         if running_var is not None:
             _blend(running_var, _average(var) * (m / (m - 1)), momentum)
@@ -120,9 +120,35 @@ def batch_norm(
         fixed = (running_mean.data, _rstd(running_var, eps))
         return Normalize.apply(input, weight, bias, dims=dims, statistic=PER_CHANNEL, fixed=fixed)
     _check_training_batch(input, dims)
-    report = running_update(running_mean, running_var, PER_CHANNEL.count(dims), momentum)
+    report = running_update(running_mean, running_var, momentum)
     return Normalize.apply(
         input, weight, bias, dims=dims, statistic=PER_CHANNEL, eps=eps, report=report
+    )
+
+
+def sync_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+    group,
+) -> Tensor:
+    """`batch_norm` in training over the batches of every rank of `group` together
+    (SyncBatchNorm): each rank's per-channel moments are gathered and pooled exactly, the
+    backward's per-channel sums are summed over the ranks, and every rank's running estimates
+    move alike. dγ and dβ stay each rank's own (DistributedDataParallel averages them)."""
+    estimates = {"running_mean": running_mean, "running_var": running_var}
+    dims = channel_dims(input, "sync_batch_norm", weight=weight, bias=bias, **estimates)
+    if input.numel() == 0:
+        raise ValueError(
+            f"sync_batch_norm: a rank with an empty batch is not supported, got {input.shape}"
+        )
+    report = running_update(running_mean, running_var, momentum)
+    return Normalize.apply(
+        input, weight, bias, dims=dims, statistic=PER_CHANNEL, eps=eps, report=report, group=group
     )
 
 
@@ -187,7 +213,7 @@ def mean_only_batch_norm(
             input, None, bias, dims=dims, statistic=statistic, fixed=(running_mean.data, 1.0)
         )
     _check_training_batch(input, dims)
-    report = running_update(running_mean, None, statistic.count(dims), momentum)
+    report = running_update(running_mean, None, momentum)
     return Normalize.apply(input, None, bias, dims=dims, statistic=statistic, report=report)
 
 
@@ -217,7 +243,7 @@ def instance_norm(
         _need_running("instance_norm", running_mean, running_var)
         fixed = (running_mean.data, _rstd(running_var, eps))
         return Normalize.apply(input, weight, bias, dims=dims, statistic=PER_ROW, fixed=fixed)
-    report = running_update(running_mean, running_var, dims[2], momentum)
+    report = running_update(running_mean, running_var, momentum)
     return Normalize.apply(
         input, weight, bias, dims=dims, statistic=PER_ROW, eps=eps, report=report
     )
@@ -336,7 +362,7 @@ def _batch_component(input, dims, running_mean, running_var, training, momentum)
         _need_running("batch norm", running_mean, running_var)
         return Component(PER_CHANNEL, fixed=(running_mean.data, running_var.data))
     _check_training_batch(input, dims)
-    report = running_update(running_mean, running_var, PER_CHANNEL.count(dims), momentum)
+    report = running_update(running_mean, running_var, momentum)
     return Component(PER_CHANNEL, report=report)
 
 

@@ -1,0 +1,79 @@
+"""Run by tests/test_distributed.py under `mpiexec -n R python -m mpi4py`: every rank checks its
+share against one process on the whole batch, and prints `ok R` when all its checks pass (any
+failed check raises, and `-m mpi4py` aborts the whole job)."""
+
+import sys
+
+import numpy as np
+
+import tinynorm as tn
+import tinynorm.distributed as dist
+from tinynorm import nn
+
+
+def collectives(rank: int, world: int) -> None:
+    t = tn.tensor(np.full(3, rank + 1.0))
+    dist.all_reduce(t)
+    assert t.numpy().tolist() == [world * (world + 1) / 2] * 3, t
+    dist.all_reduce(t, op="max")
+    assert t.numpy()[0] == world * (world + 1) / 2
+    gathered = [tn.zeros(2) for _ in range(world)]
+    dist.all_gather(gathered, tn.tensor(np.array([rank, -rank], np.float32)))
+    assert [g.numpy().tolist() for g in gathered] == [[r, -r] for r in range(world)]
+    b = tn.tensor(np.arange(4.0) * (rank + 1))
+    dist.broadcast(b, src=world - 1)
+    assert b.numpy().tolist() == (np.arange(4.0) * world).tolist()
+    dist.barrier()
+
+
+def sync_batch_norm(rank: int, world: int, sizes: list[int], shape: tuple[int, ...]) -> None:
+    """Two training steps and one eval step of SyncBatchNorm on this rank's rows of a global
+    batch, against BatchNorm on all of them in one process (float64)."""
+    rng = np.random.default_rng(0)  # the same numbers on every rank
+    C = shape[0]
+    ours = nn.SyncBatchNorm(C).double()
+    alone = nn.BatchNorm1d(C) if len(shape) == 1 else nn.BatchNorm2d(C)
+    alone.double()
+    for layer in (ours, alone):
+        layer.weight.data[...] = np.linspace(0.5, 1.5, C)
+        layer.bias.data[...] = np.linspace(-1, 1, C)
+    lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+    close = {"rtol": 1e-10, "atol": 1e-12}
+    for training in (True, True, False):
+        ours.train(training)
+        alone.train(training)
+        x = 2.0 + 3.0 * rng.standard_normal((sum(sizes), *shape))
+        dy = rng.standard_normal(x.shape)
+        x_all, x_mine = tn.tensor(x, requires_grad=True), tn.tensor(x[lo:hi], requires_grad=True)
+        y_all, y_mine = alone(x_all), ours(x_mine)
+        y_all.backward(tn.tensor(dy))
+        y_mine.backward(tn.tensor(dy[lo:hi]))
+        np.testing.assert_allclose(y_mine.numpy(), y_all.numpy()[lo:hi], **close)
+        np.testing.assert_allclose(x_mine.grad.numpy(), x_all.grad.numpy()[lo:hi], **close)
+        for name in ("weight", "bias"):  # each rank's share; summed, the whole batch's
+            grad = getattr(ours, name).grad
+            dist.all_reduce(grad)
+            np.testing.assert_allclose(grad.numpy(), getattr(alone, name).grad.numpy(), **close)
+            getattr(ours, name).grad = getattr(alone, name).grad = None
+        for key, value in alone.state_dict().items():
+            np.testing.assert_allclose(ours.state_dict()[key].numpy(), value.numpy(), **close)
+
+
+def main() -> None:
+    dist.init_process_group()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if sys.argv[1] == "fail":
+        if rank == 1:
+            raise RuntimeError("rank 1 fails before the collective")
+        dist.barrier()
+    else:
+        collectives(rank, world)
+        sizes = [int(n) for n in sys.argv[2].split(",")]
+        sync_batch_norm(rank, world, sizes, (3, 4, 5))
+        sync_batch_norm(rank, world, sizes, (6,))  # BatchNorm1d of (N, C): the column kernels
+    print(f"ok {rank}", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
