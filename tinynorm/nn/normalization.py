@@ -119,7 +119,13 @@ class _BatchNorm(_NormBase):
             use_batch,
             factor,
             self.eps,
+            process_group=self._sync_group() if self.training else None,
         )
+
+    def _sync_group(self):
+        """The process group whose ranks' batches a training step pools: none (SyncBatchNorm's
+        is its group)."""
+        return None
 
 
 class BatchNorm1d(_BatchNorm):
@@ -155,27 +161,14 @@ class SyncBatchNorm(_BatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.process_group = process_group
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _sync_group(self):
+        """`process_group`, or the default group once initialized; none for one rank."""
         from .. import distributed
 
         group = self.process_group
         if group is None and distributed.is_initialized():
             group = distributed.group()
-        if not self.training or group is None or group.size == 1:
-            return super().forward(x)
-        self._check(x)
-        factor = self._count_step(x)
-        track = self.track_running_stats
-        return ops.sync_batch_norm(
-            x,
-            self.running_mean if track else None,
-            self.running_var if track else None,
-            self.weight,
-            self.bias,
-            factor,
-            self.eps,
-            group,
-        )
+        return group if group is not None and group.size > 1 else None
 
     @classmethod
     def convert_sync_batchnorm(cls, module: Module, process_group=None) -> Module:

@@ -34,7 +34,6 @@ from .norms import (
     mean_only_batch_norm,
     rms_norm,
     switchable_norm,
-    sync_batch_norm,
 )
 from .pool import avg_pool2d, max_pool2d
 from .reduce import max, mean, sum
@@ -85,7 +84,6 @@ __all__ = [
     "sub",
     "sum",
     "switchable_norm",
-    "sync_batch_norm",
     "tanh",
     "to_device",
 ]

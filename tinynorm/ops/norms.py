@@ -108,47 +108,37 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    process_group=None,
 ) -> Tensor:
     """y = (x - μ)/sqrt(σ² + ε)·γ + β per channel. Training: batch μ, σ² (biased), and the
-    running estimates move by `momentum` towards μ and the unbiased m/(m-1)·σ². Eval: running."""
+    running estimates move by `momentum` towards μ and the unbiased m/(m-1)·σ². Eval: running.
+    With a `process_group` (tinynorm's, for SyncBatchNorm), training pools the batches of all
+    its ranks: each rank's moments gathered and merged exactly, the backward's per-channel sums
+    summed over the ranks; dγ and dβ stay each rank's own (DDP averages them)."""
     estimates = {"running_mean": running_mean, "running_var": running_var}
     dims = channel_dims(input, "batch_norm", weight=weight, bias=bias, **estimates)
+    synced = training and process_group is not None
     if input.numel() == 0:
+        if synced:  # the other ranks would wait for this one in the collective
+            raise ValueError(f"batch_norm: a rank with an empty batch cannot sync, {input.shape}")
         return empty(input, weight, bias)
     if not training:
         _need_running("batch norm", running_mean, running_var)
         fixed = (running_mean.data, _rstd(running_var, eps))
         return Normalize.apply(input, weight, bias, dims=dims, statistic=PER_CHANNEL, fixed=fixed)
-    _check_training_batch(input, dims)
+    if not synced:  # synced, the op checks the count over all ranks
+        _check_training_batch(input, dims)
     report = running_update(running_mean, running_var, momentum)
     return Normalize.apply(
-        input, weight, bias, dims=dims, statistic=PER_CHANNEL, eps=eps, report=report
-    )
-
-
-def sync_batch_norm(
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    momentum: float,
-    eps: float,
-    group,
-) -> Tensor:
-    """`batch_norm` in training over the batches of every rank of `group` together
-    (SyncBatchNorm): each rank's per-channel moments are gathered and pooled exactly, the
-    backward's per-channel sums are summed over the ranks, and every rank's running estimates
-    move alike. dγ and dβ stay each rank's own (DistributedDataParallel averages them)."""
-    estimates = {"running_mean": running_mean, "running_var": running_var}
-    dims = channel_dims(input, "sync_batch_norm", weight=weight, bias=bias, **estimates)
-    if input.numel() == 0:
-        raise ValueError(
-            f"sync_batch_norm: a rank with an empty batch is not supported, got {input.shape}"
-        )
-    report = running_update(running_mean, running_var, momentum)
-    return Normalize.apply(
-        input, weight, bias, dims=dims, statistic=PER_CHANNEL, eps=eps, report=report, group=group
+        input,
+        weight,
+        bias,
+        dims=dims,
+        statistic=PER_CHANNEL,
+        eps=eps,
+        report=report,
+        group=process_group,
     )
 
 
