@@ -17,6 +17,7 @@ BINARY = {
     "sub": (lambda a, b: a - b, np.subtract),
     "mul": (lambda a, b: a * b, np.multiply),
     "div": (lambda a, b: a / b, np.divide),
+    "maximum": (lambda a, b: tn.ops.maximum(a, b), np.maximum),
 }
 BROADCAST_SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)), ((1,), (2, 3))]
 
