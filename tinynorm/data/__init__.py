@@ -1,4 +1,5 @@
-"""Data: the IDX reader, MNIST and Fashion-MNIST, the DataLoader and its batch samplers."""
+"""Data: the IDX reader, MNIST and Fashion-MNIST, the DataLoader, its batch samplers and
+DistributedSampler."""
 
 from .datasets import (
     MNIST,
@@ -9,6 +10,7 @@ from .datasets import (
     Source,
     default_cache_dir,
 )
+from .distributed import DistributedSampler
 from .download import ChecksumError, DownloadError, download
 from .idx import IDXError, read_idx
 from .loader import DataLoader
@@ -20,6 +22,7 @@ __all__ = [
     "ClassBatchSampler",
     "DataLoader",
     "DataNotFoundError",
+    "DistributedSampler",
     "DownloadError",
     "FashionMNIST",
     "IDXError",
