@@ -26,17 +26,38 @@ def collectives(rank: int, world: int) -> None:
     dist.barrier()
 
 
-def sync_batch_norm(rank: int, world: int, sizes: list[int], shape: tuple[int, ...]) -> None:
-    """Two training steps and one eval step of SyncBatchNorm on this rank's rows of a global
-    batch, against BatchNorm on all of them in one process (float64)."""
+def layer_pairs(C: int, dims: int):
+    """(synced layer, the same layer in one process) for batch norm, batch renorm (r and d
+    active from the first step) and mean-only batch norm."""
+    one_d = dims == 1
+    renorm = {"rmax": 1.5, "dmax": 0.5, "warmup_steps": 0, "rmax_steps": 0, "dmax_steps": 0}
+    makers = [
+        lambda: nn.BatchRenorm1d(C, **renorm) if one_d else nn.BatchRenorm2d(C, **renorm),
+        lambda: nn.MeanOnlyBatchNorm1d(C) if one_d else nn.MeanOnlyBatchNorm2d(C),
+    ]
+    pairs = [(nn.SyncBatchNorm(C), nn.BatchNorm1d(C) if one_d else nn.BatchNorm2d(C))]
+    pairs += [(nn.SyncBatchNorm.convert_sync_batchnorm(make()), make()) for make in makers]
+    for pair in pairs:
+        for layer in pair:
+            layer.double()
+            if layer.weight is not None:
+                layer.weight.data[...] = np.linspace(0.5, 1.5, C)
+            layer.bias.data[...] = np.linspace(-1, 1, C)
+    return pairs
+
+
+def synced_layers(rank: int, world: int, sizes: list[int], shape: tuple[int, ...]) -> None:
+    """Every synced layer on this rank's rows of a global batch (maybe none), against the same
+    layer on all of them in one process (float64)."""
+    for ours, alone in layer_pairs(shape[0], len(shape)):
+        assert ours.sync and ours._sync_group() is not None, ours
+        same_as_one_process(ours, alone, rank, sizes, shape)
+
+
+def same_as_one_process(ours, alone, rank: int, sizes: list[int], shape: tuple[int, ...]):
+    """Two training steps and one eval step: y, dx, the ranks' summed dγ and dβ, and the
+    running estimates."""
     rng = np.random.default_rng(0)  # the same numbers on every rank
-    C = shape[0]
-    ours = nn.SyncBatchNorm(C).double()
-    alone = nn.BatchNorm1d(C) if len(shape) == 1 else nn.BatchNorm2d(C)
-    alone.double()
-    for layer in (ours, alone):
-        layer.weight.data[...] = np.linspace(0.5, 1.5, C)
-        layer.bias.data[...] = np.linspace(-1, 1, C)
     lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
     close = {"rtol": 1e-10, "atol": 1e-12}
     for training in (True, True, False):
@@ -50,7 +71,7 @@ def sync_batch_norm(rank: int, world: int, sizes: list[int], shape: tuple[int, .
         y_mine.backward(tn.tensor(dy[lo:hi]))
         np.testing.assert_allclose(y_mine.numpy(), y_all.numpy()[lo:hi], **close)
         np.testing.assert_allclose(x_mine.grad.numpy(), x_all.grad.numpy()[lo:hi], **close)
-        for name in ("weight", "bias"):  # each rank's share; summed, the whole batch's
+        for name in ("weight", "bias")[ours.weight is None :]:  # summed, the whole batch's
             grad = getattr(ours, name).grad
             dist.all_reduce(grad)
             np.testing.assert_allclose(grad.numpy(), getattr(alone, name).grad.numpy(), **close)
@@ -69,8 +90,8 @@ def main() -> None:
     else:
         collectives(rank, world)
         sizes = [int(n) for n in sys.argv[2].split(",")]
-        sync_batch_norm(rank, world, sizes, (3, 4, 5))
-        sync_batch_norm(rank, world, sizes, (6,))  # BatchNorm1d of (N, C): the column kernels
+        synced_layers(rank, world, sizes, (3, 4, 5))
+        synced_layers(rank, world, sizes, (6,))  # BatchNorm1d of (N, C): the column kernels
     print(f"ok {rank}", flush=True)
     dist.destroy_process_group()
 

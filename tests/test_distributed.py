@@ -35,10 +35,11 @@ def mpiexec(ranks: int, *args: str, timeout: int = 120) -> subprocess.CompletedP
 
 
 @needs_mpi
-@pytest.mark.parametrize(("ranks", "sizes"), [(2, "5,3"), (3, "4,1,3")], ids=["2-ranks", "3-ranks"])
-def test_sync_batch_norm_equals_one_process_on_the_whole_batch(ranks, sizes):
-    """Unequal local batches (one of a single sample); float64 to 1e-10: y, dx, the summed dγ
-    and dβ, and the running estimates, over two training steps and one eval step."""
+@pytest.mark.parametrize(("ranks", "sizes"), [(2, "5,3"), (3, "4,0,1")], ids=["2-ranks", "3-ranks"])
+def test_synced_norms_equal_one_process_on_the_whole_batch(ranks, sizes):
+    """SyncBatchNorm, and batch renorm and mean-only batch norm once converted, on unequal local
+    batches (one empty, one of a single sample); float64 to 1e-10: y, dx, the summed dγ and dβ,
+    and the running estimates, over two training steps and one eval step."""
     done = mpiexec(ranks, "sync", sizes)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks_ok = sorted(int(r) for r in re.findall(r"ok (\d+)", done.stdout))  # lines may interleave
@@ -85,3 +86,13 @@ def test_convert_sync_batchnorm_replaces_every_batch_norm_and_keeps_its_state(rn
     bn = nn.BatchNorm1d(5).eval()
     sync = nn.SyncBatchNorm.convert_sync_batchnorm(bn)
     assert isinstance(sync, nn.SyncBatchNorm) and not sync.training
+
+
+def test_convert_sync_batchnorm_syncs_batch_renorm_and_mean_only_in_place_and_no_others():
+    brn, mean_only, group = nn.BatchRenorm2d(3), nn.MeanOnlyBatchNorm1d(3), nn.GroupNorm(1, 3)
+    model = nn.Sequential(brn, nn.Sequential(mean_only, group))
+    assert not brn.sync and not mean_only.sync
+    assert nn.SyncBatchNorm.convert_sync_batchnorm(model) is model
+    assert model[0] is brn and model[1][0] is mean_only and model[1][1] is group
+    assert brn.sync and mean_only.sync and not hasattr(group, "sync")
+    assert brn._sync_group() is None  # no group initialized: one process, plain batch renorm

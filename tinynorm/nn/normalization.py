@@ -80,8 +80,14 @@ class _NormBase(Module):
 
     def _is_step(self, x: Tensor) -> bool:
         """Whether this forward is a training step, which counts: training on a batch with
-        values (an empty batch changes no state)."""
-        return self.training and x.numel() > 0
+        values (an empty batch changes no state), or on any batch when synced (the ranks'
+        pooled batch has values, and every rank's estimates move alike)."""
+        return self.training and (x.numel() > 0 or self._sync_group() is not None)
+
+    def _sync_group(self):
+        """The process group whose ranks' batches a training step pools: none here (see
+        `_Synced`)."""
+        return None
 
     def _count_step(self, x: Tensor) -> float:
         """Count batch `x` when it is a training step (`num_batches_tracked` += 1) and return
@@ -100,7 +106,31 @@ class _NormBase(Module):
         )
 
 
-class _BatchNorm(_NormBase):
+class _Synced(_NormBase):
+    """A norm with across-batch statistics that can pool the batches of every rank of a
+    process group (`tinynorm.distributed`): batch norm, batch renorm and mean-only batch norm.
+    Off (`sync = False`) unless the layer is a `SyncBatchNorm` or
+    `SyncBatchNorm.convert_sync_batchnorm` turned it on. The per-sample norms (LayerNorm,
+    InstanceNorm, GroupNorm, RMSNorm, FRN) need no sync: their statistics never leave a
+    sample, so each rank already computes what one process would."""
+
+    sync = False
+    process_group = None  # with `sync`: this group, or the default one once initialized
+
+    def _sync_group(self):
+        """The group a training step pools over: None unless `sync`, training and more than
+        one rank."""
+        if not (self.sync and self.training):
+            return None
+        from .. import distributed
+
+        group = self.process_group
+        if group is None and distributed.is_initialized():
+            group = distributed.group()
+        return group if group is not None and group.size > 1 else None
+
+
+class _BatchNorm(_Synced):
     """Batch normalization (Ioffe & Szegedy 2015): per channel over N and the spatial dims,
     y = (x - μ_B)/sqrt(σ²_B + ε)·γ + β in training, running estimates in eval;
     running_var follows the unbiased m/(m-1)·σ²_B; momentum=None: cumulative average."""
@@ -119,13 +149,8 @@ class _BatchNorm(_NormBase):
             use_batch,
             factor,
             self.eps,
-            process_group=self._sync_group() if self.training else None,
+            process_group=self._sync_group(),
         )
-
-    def _sync_group(self):
-        """The process group whose ranks' batches a training step pools: none (SyncBatchNorm's
-        is its group)."""
-        return None
 
 
 class BatchNorm1d(_BatchNorm):
@@ -148,6 +173,7 @@ class SyncBatchNorm(_BatchNorm):
     `BatchNorm` (any input (N, C, ...))."""
 
     ranks = (2, 3, 4, 5)
+    sync = True
 
     def __init__(
         self,
@@ -161,19 +187,14 @@ class SyncBatchNorm(_BatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.process_group = process_group
 
-    def _sync_group(self):
-        """`process_group`, or the default group once initialized; none for one rank."""
-        from .. import distributed
-
-        group = self.process_group
-        if group is None and distributed.is_initialized():
-            group = distributed.group()
-        return group if group is not None and group.size > 1 else None
-
     @classmethod
     def convert_sync_batchnorm(cls, module: Module, process_group=None) -> Module:
         """`module` with every BatchNorm1d/2d inside it replaced by a SyncBatchNorm holding the
-        same parameters and running estimates (the module itself when it is one)."""
+        same parameters and running estimates (the module itself when it is one), and every
+        batch renorm and mean-only batch norm synced in place (`sync = True`)."""
+        if isinstance(module, _Synced) and not isinstance(module, _BatchNorm):
+            module.sync, module.process_group = True, process_group
+            return module
         if isinstance(module, _BatchNorm) and not isinstance(module, cls):
             sync = cls(
                 module.num_features,
@@ -229,7 +250,7 @@ class InstanceNorm2d(_InstanceNorm):
     ranks = (4,)
 
 
-class _BatchRenorm(_NormBase):
+class _BatchRenorm(_Synced):
     """Batch renormalization (Ioffe 2017): batch norm whose training output is corrected
     towards the moving averages by r = clip(σ_B/σ, 1/rmax, rmax), d = clip((μ_B - μ)/σ,
     -dmax, dmax), held constant in the backward pass; eval uses (x - μ)/σ.
@@ -298,6 +319,7 @@ class _BatchRenorm(_NormBase):
             self.eps,
             rmax,
             dmax,
+            process_group=self._sync_group(),
         )
 
     def extra_repr(self) -> str:
@@ -317,7 +339,7 @@ class BatchRenorm2d(_BatchRenorm):
     ranks = (4,)
 
 
-class _MeanOnlyBatchNorm(_NormBase):
+class _MeanOnlyBatchNorm(_Synced):
     """Mean-only batch norm (Salimans & Kingma 2016), the companion of weight normalization:
     y = x - μ_B + β per channel (no division, no scale); eval subtracts the running mean."""
 
@@ -330,7 +352,14 @@ class _MeanOnlyBatchNorm(_NormBase):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         factor = self._count_step(x)
-        return ops.mean_only_batch_norm(x, self.running_mean, self.bias, self.training, factor)
+        return ops.mean_only_batch_norm(
+            x,
+            self.running_mean,
+            self.bias,
+            self.training,
+            factor,
+            process_group=self._sync_group(),
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, momentum={self.momentum}, affine={self.affine}"

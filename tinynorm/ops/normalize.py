@@ -129,7 +129,8 @@ class Normalize(Function):
       report(c, σ², m)    told the batch statistics, (1 or N, C/k), and how many values each
                           pools: the running estimates' update
       group               a `distributed.ProcessGroup`: batch statistics over every rank's
-                          batch (SyncBatchNorm), and the backward's sums over every rank's
+                          batch (SyncBatchNorm), and the backward's sums over every rank's;
+                          a rank may bring an empty batch (it joins the collectives)
       renorm(c, σ) -> (r, d)   batch renorm's corrections from the batch statistics (1, C)
       elementwise=True    γ, β span (C, S) (LayerNorm, RMSNorm) instead of one value a channel
     """
@@ -167,8 +168,11 @@ class Normalize(Function):
         self.dims = (1, C, N) if columns else dims
         xp = get_array_module(x)
         if self.batch:
-            mean, var = statistic.moments(*self.kernels.moments(self.x), self.dims[2])
             self.count = statistic.count(self.dims)
+            if self.count:
+                mean, var = statistic.moments(*self.kernels.moments(self.x), self.dims[2])
+            else:  # a synced rank without values: it adds nothing to the pool
+                mean = var = xp.zeros((1, C))
             if group is not None:
                 mean, var, self.count = pooled_across(group, mean, var, self.count)
             if report is not None:

@@ -92,8 +92,10 @@ def _need_running(op: str, *estimates: Tensor | None) -> None:
         raise ValueError(f"{op} without batch statistics needs its running estimates")
 
 
-def _check_training_batch(x: Tensor, dims) -> None:
-    if dims[0] * dims[2] == 1:
+def _check_training_batch(x: Tensor, dims, synced: bool = False) -> None:
+    """More than one value per channel, unless `synced` (the op checks the count over all
+    ranks: this rank's batch may be small, even empty)."""
+    if dims[0] * dims[2] == 1 and not synced:
         raise ValueError(
             f"expected more than 1 value per channel when training, got input of shape {x.shape}"
         )
@@ -115,20 +117,18 @@ def batch_norm(
     running estimates move by `momentum` towards μ and the unbiased m/(m-1)·σ². Eval: running.
     With a `process_group` (tinynorm's, for SyncBatchNorm), training pools the batches of all
     its ranks: each rank's moments gathered and merged exactly, the backward's per-channel sums
-    summed over the ranks; dγ and dβ stay each rank's own (DDP averages them)."""
+    summed over the ranks; dγ and dβ stay each rank's own (DDP averages them). A rank with an
+    empty batch still joins both collectives, as in PyTorch."""
     estimates = {"running_mean": running_mean, "running_var": running_var}
     dims = channel_dims(input, "batch_norm", weight=weight, bias=bias, **estimates)
     synced = training and process_group is not None
-    if input.numel() == 0:
-        if synced:  # the other ranks would wait for this one in the collective
-            raise ValueError(f"batch_norm: a rank with an empty batch cannot sync, {input.shape}")
+    if input.numel() == 0 and not synced:
         return empty(input, weight, bias)
     if not training:
         _need_running("batch norm", running_mean, running_var)
         fixed = (running_mean.data, _rstd(running_var, eps))
         return Normalize.apply(input, weight, bias, dims=dims, statistic=PER_CHANNEL, fixed=fixed)
-    if not synced:  # synced, the op checks the count over all ranks
-        _check_training_batch(input, dims)
+    _check_training_batch(input, dims, synced)
     report = running_update(running_mean, running_var, momentum)
     return Normalize.apply(
         input,
@@ -153,20 +153,24 @@ def batch_renorm(
     eps: float = 1e-5,
     rmax: float = 1.0,
     dmax: float = 0.0,
+    *,
+    process_group=None,
 ) -> Tensor:
     """Batch renormalization (Ioffe 2017), per channel, with moving μ and σ:
     train: x̂ = (x - μ_B)/σ_B·r + d, σ_B = sqrt(σ²_B + ε), r = clip(σ_B/σ, 1/rmax, rmax),
     d = clip((μ_B - μ)/σ, -dmax, dmax), r and d constant in the backward pass; then
-    μ += momentum·(μ_B - μ), σ += momentum·(σ_B - σ).  eval: x̂ = (x - μ)/σ."""
+    μ += momentum·(μ_B - μ), σ += momentum·(σ_B - σ).  eval: x̂ = (x - μ)/σ.
+    A `process_group` pools μ_B and σ_B over its ranks' batches, as in `batch_norm`."""
     estimates = {"running_mean": running_mean, "running_std": running_std}
     dims = channel_dims(input, "batch_renorm", weight=weight, bias=bias, **estimates)
-    if input.numel() == 0:
+    synced = training and process_group is not None
+    if input.numel() == 0 and not synced:
         return empty(input, weight, bias)
     _need_running("batch_renorm", running_mean, running_std)
     if not training:
         fixed = (running_mean.data, 1.0 / running_std.data.astype(np.float64))
         return Normalize.apply(input, weight, bias, dims=dims, statistic=PER_CHANNEL, fixed=fixed)
-    _check_training_batch(input, dims)
+    _check_training_batch(input, dims, synced)
 
     def renorm(mean_b, std_b):
         xp = get_array_module(mean_b)
@@ -179,7 +183,14 @@ def batch_renorm(
         return r, d
 
     return Normalize.apply(
-        input, weight, bias, dims=dims, statistic=PER_CHANNEL, eps=eps, renorm=renorm
+        input,
+        weight,
+        bias,
+        dims=dims,
+        statistic=PER_CHANNEL,
+        eps=eps,
+        renorm=renorm,
+        group=process_group,
     )
 
 
@@ -189,12 +200,15 @@ def mean_only_batch_norm(
     bias: Tensor | None = None,
     training: bool = False,
     momentum: float = 0.1,
+    *,
+    process_group=None,
 ) -> Tensor:
     """Mean-only batch norm (Salimans & Kingma 2016): y = x - μ + β per channel, no division;
     μ is the batch mean in training (the running mean moves towards it), the running mean in
-    eval."""
+    eval. A `process_group` pools μ over its ranks' batches, as in `batch_norm`."""
     dims = channel_dims(input, "mean_only_batch_norm", bias=bias, running_mean=running_mean)
-    if input.numel() == 0:
+    synced = training and process_group is not None
+    if input.numel() == 0 and not synced:
         return empty(input, bias)
     statistic = PER_CHANNEL._replace(scaled=False)
     if not training:
@@ -202,9 +216,11 @@ def mean_only_batch_norm(
         return Normalize.apply(
             input, None, bias, dims=dims, statistic=statistic, fixed=(running_mean.data, 1.0)
         )
-    _check_training_batch(input, dims)
+    _check_training_batch(input, dims, synced)
     report = running_update(running_mean, None, momentum)
-    return Normalize.apply(input, None, bias, dims=dims, statistic=statistic, report=report)
+    return Normalize.apply(
+        input, None, bias, dims=dims, statistic=statistic, report=report, group=process_group
+    )
 
 
 def instance_norm(
