@@ -9,6 +9,7 @@ import numpy as np
 import tinynorm as tn
 import tinynorm.distributed as dist
 from tinynorm import nn
+from tinynorm.nn import functional as F
 
 
 def collectives(rank: int, world: int) -> None:
@@ -80,6 +81,53 @@ def same_as_one_process(ours, alone, rank: int, sizes: list[int], shape: tuple[i
             np.testing.assert_allclose(ours.state_dict()[key].numpy(), value.numpy(), **close)
 
 
+def cnn(seed: int) -> nn.Module:
+    tn.manual_seed(seed)
+    layers = [nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5)]
+    return nn.Sequential(*layers).double()
+
+
+def data_parallel(rank: int, world: int) -> None:
+    """DistributedDataParallel (with SyncBatchNorm) on p ranks × 32 against one process × 32p,
+    SGD with momentum: rank 0's parameters everywhere from the start, the gradients of the
+    first step equal to 1e-10, the parameters after 10 steps to 1e-8; no_sync reduces nothing,
+    and the next backward reduces the accumulated sum."""
+    alone = cnn(0)
+    ours = nn.parallel.DistributedDataParallel(
+        nn.SyncBatchNorm.convert_sync_batchnorm(cnn(0 if rank == 0 else 10 + rank))
+    )
+    for (name, p), q in zip(ours.module.named_parameters(), alone.parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
+    sgd_ours, sgd_alone = (tn.optim.SGD(m.parameters(), 0.1, 0.9) for m in (ours, alone))
+    rng = np.random.default_rng(1)  # the same batches on every rank
+    lo, hi = 32 * rank, 32 * (rank + 1)
+    for step in range(10):
+        x, y = rng.standard_normal((32 * world, 1, 8, 8)), rng.integers(0, 5, 32 * world)
+        for model, opt, rows in ((ours, sgd_ours, slice(lo, hi)), (alone, sgd_alone, slice(None))):
+            opt.zero_grad()
+            F.cross_entropy(model(tn.tensor(x[rows])), tn.tensor(y[rows])).backward()
+        if step == 0:
+            for (name, p), q in zip(ours.module.named_parameters(), alone.parameters()):
+                np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), 1e-10, 1e-12, name)
+        sgd_ours.step()
+        sgd_alone.step()
+    for key, value in alone.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()["module." + key].numpy(), value.numpy(), 1e-8)
+
+    x, y = tn.tensor(rng.standard_normal((32, 1, 8, 8))), tn.tensor(rng.integers(0, 5, 32))
+    ours.zero_grad()
+    with ours.no_sync():
+        F.cross_entropy(ours(x * (rank + 1)), y).backward()  # another batch on every rank
+    local = ours.module[0].weight.grad.numpy().copy()
+    spread = tn.tensor(local)
+    dist.all_reduce(spread, op="max")
+    assert world == 1 or not np.array_equal(spread.numpy(), local), "no_sync reduced"
+    F.cross_entropy(ours(x * (rank + 1)), y).backward()
+    mean = tn.tensor(2 * local)
+    dist.all_reduce(mean)
+    np.testing.assert_allclose(ours.module[0].weight.grad.numpy(), mean.numpy() / world, 1e-10)
+
+
 def main() -> None:
     dist.init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -92,6 +140,7 @@ def main() -> None:
         sizes = [int(n) for n in sys.argv[2].split(",")]
         synced_layers(rank, world, sizes, (3, 4, 5))
         synced_layers(rank, world, sizes, (6,))  # BatchNorm1d of (N, C): the column kernels
+        data_parallel(rank, world)
     print(f"ok {rank}", flush=True)
     dist.destroy_process_group()
 

@@ -96,3 +96,72 @@ def test_convert_sync_batchnorm_syncs_batch_renorm_and_mean_only_in_place_and_no
     assert model[0] is brn and model[1][0] is mean_only and model[1][1] is group
     assert brn.sync and mean_only.sync and not hasattr(group, "sync")
     assert brn._sync_group() is None  # no group initialized: one process, plain batch renorm
+
+
+class Loopback:
+    """A process group of `size` ranks that all hold this rank's arrays; it records the size of
+    every all-reduce."""
+
+    rank = 0
+
+    def __init__(self, size: int):
+        self.size, self.reduced = size, []
+
+    def all_reduce(self, array, op="sum"):
+        self.reduced.append(array.size)
+        return array * self.size
+
+    def broadcast(self, array, src=0):
+        return array
+
+
+def mlp() -> nn.Module:
+    tn.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+
+
+def test_ddp_reduces_each_bucket_once_in_reverse_order_and_keeps_equal_gradients(rng):
+    group, model = Loopback(4), mlp()
+    ddp = nn.parallel.DistributedDataParallel(model, group, bucket_cap_mb=20 * 8 / 2**20)
+    assert [[p.shape for p in b] for b in ddp.buckets] == [[(3,), (3, 5)], [(5,)], [(5, 6)]]
+    x = tn.tensor(rng.standard_normal((7, 6)))
+    ddp(x).sum().backward()
+    assert group.reduced == [18, 5, 30]
+    reference = mlp()
+    reference(x).sum().backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-14)
+    assert list(ddp.state_dict()) == ["module." + k for k in model.state_dict()]
+
+
+def test_ddp_no_sync_reduces_nothing_and_a_parameter_without_gradient_is_named(rng):
+    group, model = Loopback(2), mlp()
+    ddp = nn.parallel.DistributedDataParallel(model, group)
+    x = tn.tensor(rng.standard_normal((4, 6)))
+    with ddp.no_sync():
+        ddp(x).sum().backward()
+    assert group.reduced == []
+    ddp(x).sum().backward()
+    assert group.reduced == [sum(p.numel() for p in model.parameters())]
+    model[0](x).sum().backward()  # the second layer unused
+    with pytest.raises(RuntimeError, match=r"got none .*\['2.weight', '2.bias'\]"):
+        ddp(x)
+
+
+def test_ddp_broadcasts_from_rank_0_at_construction_and_buffers_each_training_forward():
+    class FromRank0(Loopback):
+        def broadcast(self, array, src=0):
+            assert src == 0
+            self.broadcasts.append(array.dtype)
+            return np.full_like(array, 7)
+
+    group = FromRank0(2)
+    group.broadcasts = []
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ddp = nn.parallel.DistributedDataParallel(model, group)
+    assert all((t.numpy() == 7).all() for t in model.state_dict().values())
+    assert group.broadcasts == [np.float32, np.int64]  # parameters with float buffers, then counts
+    ddp(tn.ones((3, 2)))
+    assert group.broadcasts[2:] == [np.float32, np.int64]
+    ddp.eval()(tn.ones((3, 2)))
+    assert len(group.broadcasts) == 4

@@ -8,6 +8,7 @@ forwards to the ops in `tinynorm.ops`, where each op's forward and backward stan
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -26,13 +27,24 @@ def _default_dtype(array: np.ndarray) -> np.dtype:
     raise TypeError(f"cannot make a tensor from data of dtype {array.dtype}")
 
 
+class RemovableHandle:
+    """What registering a hook returns: `remove()` unregisters it."""
+
+    def __init__(self, hooks: list, hook: Callable) -> None:
+        self.hooks, self.hook = hooks, hook
+
+    def remove(self) -> None:
+        if self.hook in self.hooks:
+            self.hooks.remove(self.hook)
+
+
 class Tensor:
     """A NumPy or CuPy array with an optional gradient.
 
     `requires_grad=True` marks a leaf whose gradient `backward()` accumulates into `.grad`.
     """
 
-    __slots__ = ("__weakref__", "_fn", "data", "grad", "requires_grad")
+    __slots__ = ("__weakref__", "_fn", "_grad_hooks", "data", "grad", "requires_grad")
     __array_priority__ = 1000  # `ndarray + Tensor` defers to Tensor.__radd__
 
     def __init__(self, data, requires_grad: bool = False, _fn=None):
@@ -122,6 +134,18 @@ class Tensor:
             self.grad = Tensor(backend.get_array_module(g).ascontiguousarray(g))
         else:
             self.grad = Tensor(self.grad.data + g)  # never in place: gradient arrays may be shared
+        for hook in getattr(self, "_grad_hooks", ()):
+            hook(self)
+
+    def register_post_accumulate_grad_hook(self, hook: Callable[[Tensor], None]) -> RemovableHandle:
+        """Call `hook(self)` each time a backward pass has accumulated into this leaf's `.grad`
+        (PyTorch's name; DistributedDataParallel reduces the gradients from here)."""
+        if not self.is_leaf:
+            raise RuntimeError("a post accumulate grad hook needs a leaf tensor")
+        if getattr(self, "_grad_hooks", None) is None:
+            self._grad_hooks = []
+        self._grad_hooks.append(hook)
+        return RemovableHandle(self._grad_hooks, hook)
 
     def detach(self) -> Tensor:
         """The same data, cut from the graph."""

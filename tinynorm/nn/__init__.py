@@ -1,6 +1,6 @@
 """Layers and models: `Module`, `Parameter` and the PyTorch-named layers built on them."""
 
-from . import functional, init, utils
+from . import functional, init, parallel, utils
 from .container import ModuleList, Sequential
 from .layers import (
     AvgPool2d,
@@ -70,5 +70,6 @@ __all__ = [
     "Tanh",
     "functional",
     "init",
+    "parallel",
     "utils",
 ]
