@@ -107,17 +107,25 @@ def load_mnist(
     return train, test, description
 
 
-def evaluate(model: nn.Module, data: Data, device: str = "cpu", batch_size: int = 500) -> float:
+def evaluate(
+    model: nn.Module, data: Data, device: str = "cpu", batch_size: int = 500, group=None
+) -> float:
     """Accuracy on `data` in eval mode (so normalization uses its inference statistics), under
-    no_grad, in batches of `batch_size`; the model is left in training mode."""
+    no_grad, in batches of `batch_size`; the model is left in training mode. With a process
+    group (`tinynorm.distributed`), each rank takes every p-th example and the counts are
+    summed over the ranks."""
     model.eval()
+    rank, size = (0, 1) if group is None else (group.rank, group.size)
+    share = (data[0][rank::size], data[1][rank::size])
     correct = 0
     with tn.no_grad():
-        for x, y in DataLoader(data, batch_size=batch_size):
+        for x, y in DataLoader(share, batch_size=batch_size):
             check_interrupt()
             pred = model(x.to(device)).argmax(dim=1).numpy()
             correct += int((pred == y.numpy()).sum())
     model.train()
+    if group is not None:
+        correct = int(group.all_reduce(np.array([correct]))[0])
     return correct / len(data[1])
 
 

@@ -1,19 +1,29 @@
 """The main job: train a small CNN with a chosen normalization layer on MNIST.
 
     python -m tinynorm.examples.mnist [--norm bn] [--epochs 6] ...
+    mpiexec -n 2 python -m mpi4py -m tinynorm.examples.mnist --distributed [--sync-bn] ...
 
 The network is conv(5×5) → norm → ReLU → max-pool, twice, then a linear classifier. With no
 arguments it trains offline on the bundled mnist-lite digits (10,000 training images) and ends
 with the accuracy on the official 10,000-image MNIST test set, printed last as
 `test accuracy: 0.xxxx`.
+
+With --distributed (under mpiexec; `pip install -e ".[distributed]"`) every rank trains a
+replica (`nn.parallel.DistributedDataParallel`) on its share of each global batch of
+--batch-size × ranks examples (`data.DistributedSampler`: the same permutation as one process,
+so -n 2 --batch-size 32 sees the batches of one process at 64); --sync-bn pools the batch
+statistics of all ranks (`nn.SyncBatchNorm`). Rank 0 alone prints and writes the checkpoint and
+the log; an error on any rank ends every rank.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -23,9 +33,10 @@ import numpy as np
 from tqdm import tqdm
 
 import tinynorm as tn
+import tinynorm.distributed as dist
 import tinynorm.nn.functional as F
 from tinynorm import nn
-from tinynorm.data import MNIST, DataLoader, FashionMNIST
+from tinynorm.data import MNIST, DataLoader, DistributedSampler, FashionMNIST
 from tinynorm.files import atomic_write
 from tinynorm.nn.utils import weight_norm
 from tinynorm.variants import BY_KEY
@@ -165,10 +176,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--log", metavar="PATH", help="per-epoch metrics as CSV, or JSON if PATH ends in .json"
     )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the ranks of mpiexec (MPI; tinynorm[distributed]): "
+        "--batch-size per rank, rank 0 prints and writes",
+    )
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="with --distributed: batch statistics over every rank's batch (SyncBatchNorm; "
+        "batch renorm and mean-only batch norm synced alike)",
+    )
     add_data_options(p)
     args = p.parse_args(argv)
     if args.epochs is not None and args.epochs < 0:
         p.error(f"argument --epochs: must be at least 0, got {args.epochs}")
+    if args.sync_bn and not args.distributed:
+        p.error("argument --sync-bn: needs --distributed")
+    if args.distributed and args.device == "cuda":
+        p.error("argument --distributed: runs on the CPU (MPI); NCCL for CUDA is not there yet")
     args.checkpoint = None  # the last complete checkpoint, for the message on Ctrl-C
     return args
 
@@ -296,14 +323,21 @@ def save_checkpoint(args, epoch: int, model: nn.Module, opt: tn.optim.Optimizer,
 
 
 def run(args: argparse.Namespace) -> float:
-    check_writable(args.save, "--save")
-    check_writable(args.log, "--log")
+    world = dist.group() if args.distributed else None
+    writer = world is None or world.rank == 0
+    check_writable(args.save if writer else None, "--save")
+    check_writable(args.log if writer else None, "--log")
     saved = read_checkpoint(args.resume) if args.resume else None
     settle_options(args, saved and saved["config"])
     tn.manual_seed(args.seed)
     train, test = load_data(args)
-    steps_per_epoch = -(-len(train[1]) // args.batch_size)
+    sampler = None
+    if world is not None:
+        sampler = DistributedSampler(len(train[1]), world.size, world.rank, seed=args.seed * 1000)
+    steps_per_epoch = -(-len(sampler or train[1]) // args.batch_size)
     model = build_model(args.norm, max(1, args.epochs * steps_per_epoch), args.width)
+    if args.sync_bn:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
     params = list(model.parameters())
     if args.optimizer == "sgd":
         opt = tn.optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -325,17 +359,25 @@ def run(args: argparse.Namespace) -> float:
     if args.eval_only or start >= args.epochs:
         if saved and not args.eval_only:
             print(f"{args.resume} holds {start} of --epochs {args.epochs}: evaluating only")
-        return evaluate(model, test, args.device)
+        return evaluate(model, test, args.device, group=world)
+    batch = f"batch {args.batch_size}"
+    if world is not None:
+        batch = f"batch {args.batch_size} x {world.size} ranks{' (SyncBN)' * args.sync_bn}"
     print(
         f"model: {args.norm}, {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{args.optimizer} lr {args.lr:g}, batch {args.batch_size}, epochs {start + 1}-"
+        f"{args.optimizer} lr {args.lr:g}, {batch}, epochs {start + 1}-"
         f"{args.epochs} of {args.epochs}"
     )
+    replica = model if world is None else nn.parallel.DistributedDataParallel(model, world)
     for epoch in range(start, args.epochs):
         began = time.perf_counter()
-        loader = DataLoader(
-            train, batch_size=args.batch_size, shuffle=True, seed=args.seed * 1000 + epoch
-        )
+        if sampler is None:
+            loader = DataLoader(
+                train, batch_size=args.batch_size, shuffle=True, seed=args.seed * 1000 + epoch
+            )
+        else:
+            sampler.set_epoch(epoch)  # the permutation of one process's epoch, shared out
+            loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler)
         loss_sum = correct = seen = 0
         bar = tqdm(
             loader,
@@ -343,11 +385,12 @@ def run(args: argparse.Namespace) -> float:
             unit="batch",
             leave=True,
             dynamic_ncols=True,
+            disable=not writer,
         )
         for step, (x, y) in enumerate(bar, 1):
             check_interrupt()
             x, y = x.to(args.device), y.to(args.device)
-            logits = model(x)
+            logits = replica(x)
             loss = F.cross_entropy(logits, y)
             where = f"epoch {epoch + 1}, step {step} of {steps_per_epoch}"
             value = check_finite_loss(loss.item(), where, args.lr)
@@ -360,7 +403,9 @@ def run(args: argparse.Namespace) -> float:
             seen += n
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
         schedule.step()
-        accuracy = evaluate(model, test, args.device)
+        if world is not None:  # the whole global batch's loss and accuracy
+            loss_sum, correct, seen = world.all_reduce(np.array([loss_sum, correct, seen]))
+        accuracy = evaluate(model, test, args.device, group=world)
         rows.append(
             {
                 "epoch": epoch + 1,
@@ -374,9 +419,9 @@ def run(args: argparse.Namespace) -> float:
             f"epoch {epoch + 1}: train loss {loss_sum / seen:.4f}, "
             f"train accuracy {correct / seen:.4f}, test accuracy {accuracy:.4f}"
         )
-        if args.save:
+        if args.save and writer:
             save_checkpoint(args, epoch + 1, model, opt, rows)
-        if args.log:
+        if args.log and writer:
             write_log(args.log, rows)
     return accuracy
 
@@ -389,9 +434,26 @@ def interrupted(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_experiment(
-        argv, parse_args, run, lambda args, accuracy: f"test accuracy: {accuracy:.4f}", interrupted
-    )
+    args = sys.argv[1:] if argv is None else argv
+    if "--distributed" not in args:
+        return run_experiment(argv, parse_args, run, summary, interrupted)
+    try:
+        dist.init_process_group()
+    except RuntimeError as err:  # no mpi4py or no MPI library
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    with contextlib.ExitStack() as quiet:
+        if dist.get_rank():  # rank 0 prints; the others only their errors (stderr)
+            devnull = quiet.enter_context(open(os.devnull, "w"))
+            quiet.enter_context(contextlib.redirect_stdout(devnull))
+        code = run_experiment(argv, parse_args, run, summary, interrupted)
+    if code:  # the other ranks may wait in a collective for this one: end them all
+        dist.group().comm.Abort(code)
+    return code
+
+
+def summary(args: argparse.Namespace, accuracy: float) -> str:
+    return f"test accuracy: {accuracy:.4f}"
 
 
 if __name__ == "__main__":

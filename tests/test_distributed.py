@@ -4,6 +4,7 @@ against one process on the whole batch. CI installs the `distributed` extra (mpi
 so there these never skip."""
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -165,3 +166,52 @@ def test_ddp_broadcasts_from_rank_0_at_construction_and_buffers_each_training_fo
     assert group.broadcasts[2:] == [np.float32, np.int64]
     ddp.eval()(tn.ones((3, 2)))
     assert len(group.broadcasts) == 4
+
+
+def main_job(tmp_path, *args: str, ranks: int = 0) -> subprocess.CompletedProcess:
+    """The main job on 512 mnist-lite images, offline, under `mpiexec -n ranks` (0: alone)."""
+    quick = ["--offline", "--train-limit", "512", "--test-limit", "300", "--epochs", "1"]
+    command = [sys.executable, "-m", "tinynorm.examples.mnist", *quick, *args]
+    if ranks:
+        command = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", *command[1:]]
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+@needs_mpi
+def test_main_job_on_2_ranks_with_sync_bn_trains_like_one_process_on_the_global_batch(tmp_path):
+    """-n 2 --batch-size 32 --sync-bn sees the batches of one process at 64 (the sampler shares
+    out one permutation) and takes the same steps: the same loss to float32 rounding. Rank 0
+    alone prints and writes the checkpoint, which one process resumes."""
+    logs = {n: tmp_path / f"log{n}.json" for n in (1, 2)}
+    ckpt = tmp_path / "ckpt.tn"
+    alone = main_job(tmp_path, "--batch-size", "64", "--log", str(logs[1]))
+    both = main_job(
+        tmp_path,
+        *("--distributed", "--sync-bn", "--batch-size", "32"),
+        *("--log", str(logs[2]), "--save", str(ckpt)),
+        ranks=2,
+    )
+    assert alone.returncode == 0 and both.returncode == 0, both.stderr[-3000:]
+    assert both.stdout.count("test accuracy:") == 1 and "32 x 2 ranks (SyncBN)" in both.stdout
+    one, two = (json.loads(logs[n].read_text())[0] for n in (1, 2))
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+    assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=2 / 300)
+    resumed = main_job(tmp_path, "--resume", str(ckpt), "--eval-only")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.strip().endswith(f"test accuracy: {two['test_accuracy']:.4f}")
+
+
+@needs_mpi
+def test_main_job_error_on_the_ranks_ends_the_job_with_the_message(tmp_path):
+    done = main_job(tmp_path, "--distributed", "--data-dir", str(tmp_path / "none"), ranks=2)
+    assert done.returncode != 0
+    assert "error:" in done.stderr and "test accuracy" not in done.stdout
+
+
+def test_main_job_sync_bn_needs_distributed(capsys):
+    from tinynorm.examples import mnist
+
+    with pytest.raises(SystemExit):
+        mnist.main(["--sync-bn"])
+    assert "--sync-bn: needs --distributed" in capsys.readouterr().err
