@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import csv
 import math
+import os
 import signal
 import sys
 import threading
@@ -277,6 +278,27 @@ def check_interrupt() -> None:
 
 
 ERRORS = (IDXError, OSError, ValueError, KeyError, RuntimeError)  # one line `error: ...`
+
+
+def run_distributed(argv, parse_args: Callable, run: Callable, summary: Callable, **kw) -> int:
+    """`run_experiment` on every rank of mpiexec (`tinynorm.distributed`): rank 0 alone prints
+    (the others only their errors, on stderr), and an error on any rank aborts them all, which
+    might otherwise wait for it in a collective."""
+    import tinynorm.distributed as dist
+
+    try:
+        dist.init_process_group()
+    except RuntimeError as err:  # no mpi4py or no MPI library
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    with contextlib.ExitStack() as quiet:
+        if dist.get_rank():
+            devnull = quiet.enter_context(open(os.devnull, "w"))
+            quiet.enter_context(contextlib.redirect_stdout(devnull))
+        code = run_experiment(argv, parse_args, run, summary, **kw)
+    if code:
+        dist.group().comm.Abort(code)
+    return code
 
 
 def run_experiment(

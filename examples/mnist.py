@@ -19,11 +19,9 @@ the log; an error on any rank ends every rank.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ from .common import (
     check_interrupt,
     evaluate,
     positive_int,
+    run_distributed,
     run_experiment,
 )
 
@@ -434,22 +433,9 @@ def interrupted(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if "--distributed" not in args:
-        return run_experiment(argv, parse_args, run, summary, interrupted)
-    try:
-        dist.init_process_group()
-    except RuntimeError as err:  # no mpi4py or no MPI library
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    with contextlib.ExitStack() as quiet:
-        if dist.get_rank():  # rank 0 prints; the others only their errors (stderr)
-            devnull = quiet.enter_context(open(os.devnull, "w"))
-            quiet.enter_context(contextlib.redirect_stdout(devnull))
-        code = run_experiment(argv, parse_args, run, summary, interrupted)
-    if code:  # the other ranks may wait in a collective for this one: end them all
-        dist.group().comm.Abort(code)
-    return code
+    distributed = "--distributed" in (sys.argv[1:] if argv is None else argv)
+    runner = run_distributed if distributed else run_experiment
+    return runner(argv, parse_args, run, summary, interrupted=interrupted)
 
 
 def summary(args: argparse.Namespace, accuracy: float) -> str:

@@ -215,3 +215,25 @@ def test_main_job_sync_bn_needs_distributed(capsys):
     with pytest.raises(SystemExit):
         mnist.main(["--sync-bn"])
     assert "--sync-bn: needs --distributed" in capsys.readouterr().err
+
+
+@needs_mpi
+def test_sync_bn_experiment_quick_run_writes_every_setting_and_seed(tmp_path):
+    """examples/sync_bn.py launches its own ranks: one row per setting and seed, the Markdown
+    with mean ± std and a verdict, and the summary as the last line."""
+    quick = ["--quick", "--offline", "--steps", "4", "--seeds", "0", "1", "--test-limit", "60"]
+    command = [sys.executable, "-m", "tinynorm.examples.sync_bn", *quick, "--out", str(tmp_path)]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (tmp_path / "sync_bn.csv").read_text().splitlines()
+    assert lines[0].startswith("setting,seed,ranks,batch_per_rank,steps")
+    assert sorted(line.split(",")[:2] for line in lines[1:]) == sorted(
+        [s, str(seed)] for s in ("bn", "syncbn", "gn") for seed in (0, 1)
+    )
+    markdown = (tmp_path / "sync_bn.md").read_text()
+    assert "2 ranks × batch 2" in markdown and "SyncBN - local BN" in markdown
+    assert re.fullmatch(
+        r"test accuracy \(mean ± std over 2 seeds\): local BN [\d.]+ ± [\d.]+, SyncBN .*, GN .*",
+        done.stdout.strip().splitlines()[-1],
+    )
