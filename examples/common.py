@@ -281,13 +281,15 @@ ERRORS = (IDXError, OSError, ValueError, KeyError, RuntimeError)  # one line `er
 
 
 def run_distributed(argv, parse_args: Callable, run: Callable, summary: Callable, **kw) -> int:
-    """`run_experiment` on every rank of mpiexec (`tinynorm.distributed`): rank 0 alone prints
+    """`run_experiment` on every rank of mpiexec (`tinynorm.distributed`, over NCCL where the
+    options say `--device cuda`, else MPI): rank 0 alone prints
     (the others only their errors, on stderr), and an error on any rank aborts them all, which
     might otherwise wait for it in a collective."""
     import tinynorm.distributed as dist
 
+    on_gpu = getattr(parse_args(argv), "device", "cpu") == "cuda"
     try:
-        dist.init_process_group()
+        dist.init_process_group("nccl" if on_gpu else "mpi")
     except RuntimeError as err:  # no mpi4py or no MPI library
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -178,8 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--distributed",
         action="store_true",
-        help="data-parallel over the ranks of mpiexec (MPI; tinynorm[distributed]): "
-        "--batch-size per rank, rank 0 prints and writes",
+        help="data-parallel over the ranks of mpiexec (MPI, tinynorm[distributed]; NCCL with "
+        "--device cuda): --batch-size per rank, rank 0 prints and writes",
     )
     p.add_argument(
         "--sync-bn",
@@ -193,8 +193,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"argument --epochs: must be at least 0, got {args.epochs}")
     if args.sync_bn and not args.distributed:
         p.error("argument --sync-bn: needs --distributed")
-    if args.distributed and args.device == "cuda":
-        p.error("argument --distributed: runs on the CPU (MPI); NCCL for CUDA is not there yet")
     args.checkpoint = None  # the last complete checkpoint, for the message on Ctrl-C
     return args
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,23 @@ def test_sync_bn_experiment_quick_run_writes_every_setting_and_seed(tmp_path):
         r"test accuracy \(mean ± std over 2 seeds\): local BN [\d.]+ ± [\d.]+, SyncBN .*, GN .*",
         done.stdout.strip().splitlines()[-1],
     )
+
+
+def test_nccl_host_side_types_devices_and_a_clear_error_without_cupy(monkeypatch):
+    """What the 'nccl' backend decides before any GPU call (its collectives need a GPU: issue
+    17's checks): NCCL's type codes, one GPU per local rank, and the error without CuPy, raised
+    before MPI is touched."""
+    codes = {f"NCCL_{name.upper()}": i for i, name in enumerate(dist.NCCL_TYPES)}
+    nccl = types.SimpleNamespace(**codes)
+    assert dist.nccl_dtype(nccl, np.float32) == codes["NCCL_FLOAT32"]
+    assert dist.nccl_dtype(nccl, np.dtype("int64")) == codes["NCCL_INT64"]
+    with pytest.raises(TypeError, match="NCCL has no type for bool"):
+        dist.nccl_dtype(nccl, np.bool_)
+    assert [dist.local_device(r, 2) for r in range(4)] == [0, 1, 0, 1]
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        dist.local_device(0, 0)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(dist, "_mpi", lambda: pytest.fail("MPI touched"))
+    with pytest.raises(RuntimeError, match=r"needs CuPy with NCCL: pip install 'tinynorm\[gpu\]'"):
+        dist.init_process_group("nccl")
+    assert not dist.is_initialized()

@@ -8,7 +8,11 @@ the CPU (`mpiexec -n 2 python -m mpi4py script.py`; `pip install 'tinynorm[distr
 `init_process_group` also divides the node's cores among the ranks on it (Numba's threads; the
 BLAS stays on one thread): two ranks each taking both cores of a 2-core machine run 20-30 times
 slower than one thread each. Collectives use mpi4py's buffer API (no pickling): 1M float32
-between two ranks take about 1 ms. NCCL for CuPy arrays is not here yet.
+between two ranks take about 2 ms (bench/RESULTS.md).
+
+`init_process_group("nccl")` runs the collectives on CuPy arrays through NCCL
+(`cupy.cuda.nccl`; MPI only starts the ranks and hands out NCCL's id), each rank on the GPU of
+its local rank; NumPy arrays (counts, losses) still go through MPI. Not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import os
 
 import numpy as np
 
+from .backend import get_array_module
 from .tensor import Tensor
 
-BACKENDS = ("mpi",)
+BACKENDS = ("mpi", "nccl")
 OPS = ("sum", "max", "min")
 
 
@@ -57,6 +62,78 @@ class ProcessGroup:
         self.comm.Barrier()
 
 
+class NcclGroup(ProcessGroup):
+    """The same collectives on CuPy arrays through NCCL, on the current CUDA stream; NumPy
+    arrays go through MPI as in `ProcessGroup`. `comm` (MPI) starts it: rank 0 draws NCCL's
+    unique id and broadcasts it."""
+
+    def __init__(self, comm):
+        super().__init__(comm)
+        from cupy.cuda import nccl
+
+        uid = np.zeros(NCCL_ID_BYTES, np.int8)
+        if self.rank == 0:
+            uid[:] = nccl.get_unique_id()
+        comm.Bcast(uid, root=0)
+        self.nccl = nccl
+        self.nccl_comm = nccl.NcclCommunicator(self.size, tuple(int(b) for b in uid), self.rank)
+
+    def all_reduce(self, array, op: str = "sum"):
+        if isinstance(array, np.ndarray):
+            return super().all_reduce(array, op)
+        xp, nccl = get_array_module(array), self.nccl
+        out = xp.ascontiguousarray(array).copy()
+        ops = {"sum": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
+        self.nccl_comm.allReduce(
+            out.data.ptr, out.data.ptr, out.size, nccl_dtype(nccl, out.dtype), ops[op], _stream()
+        )
+        return out
+
+    def all_gather(self, array):
+        if isinstance(array, np.ndarray):
+            return super().all_gather(array)
+        xp = get_array_module(array)
+        array = xp.ascontiguousarray(array)
+        out = xp.empty((self.size, *array.shape), array.dtype)
+        dtype = nccl_dtype(self.nccl, array.dtype)
+        self.nccl_comm.allGather(array.data.ptr, out.data.ptr, array.size, dtype, _stream())
+        return out
+
+    def broadcast(self, array, src: int = 0):
+        if isinstance(array, np.ndarray):
+            return super().broadcast(array, src)
+        dtype = nccl_dtype(self.nccl, array.dtype)
+        self.nccl_comm.bcast(array.data.ptr, array.size, dtype, src, _stream())
+        return array
+
+
+NCCL_ID_BYTES = 128
+NCCL_TYPES = ("int8", "uint8", "int32", "uint32", "int64", "uint64", "float16", "float32")
+NCCL_TYPES += ("float64",)
+
+
+def nccl_dtype(nccl, dtype) -> int:
+    """NCCL's code for a NumPy dtype (`nccl`: CuPy's `cupy.cuda.nccl` module)."""
+    name = np.dtype(dtype).name
+    if name not in NCCL_TYPES:
+        raise TypeError(f"NCCL has no type for {name}: expected one of {NCCL_TYPES}")
+    return getattr(nccl, f"NCCL_{name.upper()}")
+
+
+def local_device(local_rank: int, devices: int) -> int:
+    """The GPU of the rank with this index among its node's ranks: one GPU per rank, in order
+    (ranks beyond the GPUs share them round-robin)."""
+    if devices < 1:
+        raise RuntimeError("the 'nccl' backend needs a CUDA GPU; none is visible")
+    return local_rank % devices
+
+
+def _stream() -> int:
+    import cupy
+
+    return cupy.cuda.get_current_stream().ptr
+
+
 _world: ProcessGroup | None = None
 
 
@@ -73,19 +150,37 @@ def _mpi():
 
 def init_process_group(backend: str | None = None) -> None:
     """Join the processes started by mpiexec (or be world size 1 without it) and give this
-    rank its share of the node's cores."""
+    rank its share of the node's cores; "nccl" also gives it the GPU of its local rank."""
     global _world
     if _world is not None:
         raise RuntimeError("the default process group is already initialized")
     backend = backend or "mpi"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
+    cupy = backend_module() if backend == "nccl" else None
     MPI = _mpi()
-    _world = ProcessGroup(MPI.COMM_WORLD)
-    local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size()  # ranks on this node
+    node = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
     from . import threads
 
-    threads.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    threads.set_num_threads(max(1, (os.cpu_count() or 1) // node.Get_size()))
+    if cupy is not None:
+        device = local_device(node.Get_rank(), cupy.cuda.runtime.getDeviceCount())
+        cupy.cuda.Device(device).use()
+        _world = NcclGroup(MPI.COMM_WORLD)
+    else:
+        _world = ProcessGroup(MPI.COMM_WORLD)
+
+
+def backend_module():
+    """CuPy, for the 'nccl' backend, or a clear error."""
+    try:
+        import cupy
+        from cupy.cuda import nccl  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(
+            f"the 'nccl' backend needs CuPy with NCCL: pip install 'tinynorm[gpu]' ({err})"
+        ) from err
+    return cupy
 
 
 def _group() -> ProcessGroup:
@@ -117,7 +212,7 @@ def get_world_size() -> int:
 def _check(tensor: Tensor, op: str) -> None:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{op}: expected a Tensor, got {type(tensor).__name__}")
-    if tensor.device != "cpu":
+    if tensor.device != "cpu" and not isinstance(_group(), NcclGroup):
         raise ValueError(f"{op}: the 'mpi' backend takes CPU tensors, got one on {tensor.device}")
 
 
