@@ -10,8 +10,8 @@ OPENBLAS_NUM_THREADS = 1) and times, for 1M and 10M values in float32 and float6
 - `mpi4py`: the raw `comm.Allreduce(MPI.IN_PLACE, buf)` on a NumPy array;
 - `ProcessGroup.all_reduce`: `tinynorm.distributed`'s group call on the same array, which first
   copies it (`np.ascontiguousarray(a).copy()`, a fresh allocation) and reduces the copy in place;
-- `dist.all_reduce(Tensor)`: the public call on a Tensor, which also writes the result back into
-  the tensor (`tensor.data[...] = ...`, a second copy).
+- `dist.all_reduce(Tensor)`: the public call on a Tensor, which reduces a contiguous tensor's
+  array in place (`ProcessGroup.all_reduce_`: no copy).
 
 Each call is timed on every rank after a barrier; a repetition's time is the slowest rank's;
 the table gives the median of `--repeat` repetitions after 3 warm-up calls (the three calls

@@ -137,8 +137,13 @@ def epochs(sampler: DistributedSampler, loader: DataLoader):
         epoch += 1
 
 
+def sample_std(values: list[float]) -> float:
+    """The standard deviation over the seeds (ddof 1; 0 for one seed)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def spread(values: list[float]) -> str:
-    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.4f}"
+    return f"{np.mean(values):.4f} ± {sample_std(values):.4f}"
 
 
 EFFECT = 0.01  # the smallest gain in test accuracy the claim is taken to mean: one point
@@ -151,7 +156,7 @@ def verdict(rows: list[dict]) -> str:
     "inconclusive"."""
     acc = {s: [r["test_accuracy"] for r in rows if r["setting"] == s] for s in SETTINGS}
     gain = np.mean(acc["syncbn"]) - np.mean(acc["bn"])
-    noise = sum(np.std(acc[s], ddof=1) if len(acc[s]) > 1 else 0 for s in ("bn", "syncbn"))
+    noise = sample_std(acc["bn"]) + sample_std(acc["syncbn"])
     small = gain + noise < EFFECT
     word = "reproduced" if gain > noise else "not reproduced" if small else "inconclusive"
     return f"SyncBN - local BN = {gain:+.4f} (std sum {noise:.4f}): {word}"
@@ -189,7 +194,7 @@ def plot(rows: list[dict], path: Path) -> bool:
         return False
     acc = [[r["test_accuracy"] for r in rows if r["setting"] == s] for s in SETTINGS]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(list(SETTINGS.values()), [np.mean(a) for a in acc], yerr=[np.std(a) for a in acc])
+    ax.bar(list(SETTINGS.values()), [np.mean(a) for a in acc], yerr=[sample_std(a) for a in acc])
     ax.set_ylabel("test accuracy (eval mode)")
     ax.set_ylim(min(min(a) for a in acc) - 0.02, 1)
     fig.tight_layout()

@@ -109,9 +109,10 @@ class Loopback:
     def __init__(self, size: int):
         self.size, self.reduced = size, []
 
-    def all_reduce(self, array, op="sum"):
+    def all_reduce_(self, array, op="sum"):
         self.reduced.append(array.size)
-        return array * self.size
+        array *= self.size
+        return array
 
     def broadcast(self, array, src=0):
         return array

@@ -38,13 +38,16 @@ class ProcessGroup:
 
     def all_reduce(self, array, op: str = "sum"):
         """A new contiguous array: `op` of `array` over the ranks, elementwise."""
+        return self.all_reduce_(get_array_module(array).ascontiguousarray(array).copy(), op)
+
+    def all_reduce_(self, array, op: str = "sum"):
+        """`array` (contiguous) overwritten by `op` of it over the ranks, elementwise: no copy."""
         from mpi4py import MPI
 
-        out = np.ascontiguousarray(array).copy()
         self.comm.Allreduce(
-            MPI.IN_PLACE, out, op={"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+            MPI.IN_PLACE, array, op={"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
         )
-        return out
+        return array
 
     def all_gather(self, array):
         """Every rank's `array` (all of one shape), stacked: (world size, *shape)."""
@@ -78,16 +81,14 @@ class NcclGroup(ProcessGroup):
         self.nccl = nccl
         self.nccl_comm = nccl.NcclCommunicator(self.size, tuple(int(b) for b in uid), self.rank)
 
-    def all_reduce(self, array, op: str = "sum"):
+    def all_reduce_(self, array, op: str = "sum"):
         if isinstance(array, np.ndarray):
-            return super().all_reduce(array, op)
-        xp, nccl = get_array_module(array), self.nccl
-        out = xp.ascontiguousarray(array).copy()
+            return super().all_reduce_(array, op)
+        nccl, ptr = self.nccl, array.data.ptr
         ops = {"sum": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
-        self.nccl_comm.allReduce(
-            out.data.ptr, out.data.ptr, out.size, nccl_dtype(nccl, out.dtype), ops[op], _stream()
-        )
-        return out
+        dtype = nccl_dtype(nccl, array.dtype)
+        self.nccl_comm.allReduce(ptr, ptr, array.size, dtype, ops[op], _stream())
+        return array
 
     def all_gather(self, array):
         if isinstance(array, np.ndarray):
@@ -221,7 +222,10 @@ def all_reduce(tensor: Tensor, op: str = "sum") -> None:
     _check(tensor, "all_reduce")
     if op not in OPS:
         raise ValueError(f"all_reduce: unknown op {op!r}: expected one of {OPS}")
-    tensor.data[...] = _group().all_reduce(tensor.data, op)
+    if tensor.data.flags.c_contiguous:
+        _group().all_reduce_(tensor.data, op)
+    else:
+        tensor.data[...] = _group().all_reduce(tensor.data, op)
 
 
 def all_gather(tensor_list: list[Tensor], tensor: Tensor) -> None:

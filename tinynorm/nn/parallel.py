@@ -141,8 +141,9 @@ class DistributedDataParallel(Module):
         """Each gradient of `bucket` ← its mean over the ranks, in one all-reduce."""
         grads = [p.grad.data for p in bucket]
         flat = get_array_module(grads[0]).concatenate([g.ravel() for g in grads])
-        flat = self.process_group.all_reduce(flat) / self.process_group.size
-        for p, mean in zip(bucket, _split(flat.astype(grads[0].dtype, copy=False), grads)):
+        flat = self.process_group.all_reduce_(flat)
+        flat /= self.process_group.size
+        for p, mean in zip(bucket, _split(flat, grads)):
             p.grad = Tensor(mean)
 
     def extra_repr(self) -> str:

@@ -225,7 +225,7 @@ class Normalize(Function):
                 stat = self.statistic
                 sums = xp.stack([stat.sums(g * sum_dy), stat.sums(g * sum_dyx)])
                 if self.group is not None:  # the sums over every rank's values
-                    sums = self.group.all_reduce(sums)
+                    sums = self.group.all_reduce_(sums)
                 mean_g, mean_gx = sums / self.count
                 beta, delta = dx_terms(self.rstd_stats, mean_g, mean_gx, stat.centered, stat.scaled)
                 beta, delta = (stat.per_row(a, self.dims[0]) for a in (beta, delta))
