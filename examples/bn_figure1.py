@@ -80,7 +80,7 @@ from .common import (
     endless,
     evaluate,
     experiment_parser,
-    load_mnist,
+    load_data,
     parse_experiment,
     run_experiment,
     write_outputs,
@@ -296,7 +296,7 @@ def plot(rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    train_data, test_data, data = load_mnist(args, min_train=args.batch_size, flatten=True)
+    train_data, test_data, data = load_data(args, min_train=args.batch_size, flatten=True)
     print(f"{settings(args)}; with and without BN")
     rows, seconds = train(args, train_data, test_data)
     markdown = summary_markdown(args, rows, data, seconds)

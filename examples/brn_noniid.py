@@ -56,7 +56,7 @@ from .common import (
     endless,
     evaluate,
     experiment_parser,
-    load_mnist,
+    load_data,
     markdown_table,
     parse_experiment,
     run_experiment,
@@ -199,7 +199,7 @@ def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    train_data, test_data, data = load_mnist(args, min_train=args.batch_size)
+    train_data, test_data, data = load_data(args, min_train=args.batch_size)
     print(settings(args))
     rows, seconds = train(args, train_data, test_data)
     markdown = summary_markdown(args, rows, data, seconds)

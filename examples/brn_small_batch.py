@@ -50,7 +50,7 @@ from tinynorm.files import atomic_write
 
 from .common import (
     experiment_parser,
-    load_mnist,
+    load_data,
     markdown_table,
     parse_experiment,
     run_experiment,
@@ -153,7 +153,7 @@ def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    train, test, data = load_mnist(args, min_train=max(args.batch_sizes))
+    train, test, data = load_data(args, min_train=max(args.batch_sizes))
     print(f"{settings(args)}; norms {', '.join(NORMS.values())}")
     total = len(NORMS) * sum(args.examples // b * b for b in args.batch_sizes)
     began = time.perf_counter()

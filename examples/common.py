@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,14 @@ import numpy as np
 import tinynorm as tn
 import tinynorm.nn.functional as F
 from tinynorm import nn
-from tinynorm.data import MNIST, DataLoader, IDXError
+from tinynorm.data import MNIST, DataLoader, FashionMNIST, IDXError
 from tinynorm.files import atomic_write
 
+from .verdicts import MORE_SEEDS, SEEDS, sample_std
+
 Data = tuple[np.ndarray, np.ndarray]  # images (N, ...) float32, labels (N,) int64
+DATASETS = ("mnist", "fashion-mnist")
+TRAIN_IMAGES = 10_000  # the experiments' training set: mnist-lite's size, on either dataset
 
 NO_MATPLOTLIB = (
     "matplotlib is not installed: pip install 'tinynorm[plot]' for the figure; "
@@ -33,20 +37,33 @@ NO_MATPLOTLIB = (
 
 
 def experiment_parser(name: str, description: str, quick_help: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every experiment shares: --quick, --seed, --out
-    (default results/<name>), --data-dir, --train-limit, --test-limit."""
+    """An argument parser with the options every experiment shares: --quick, --seeds, --dataset,
+    --out (default results/<name>/<dataset>), --data-dir, --offline, --train-limit and
+    --test-limit."""
     p = argparse.ArgumentParser(prog=f"python -m tinynorm.examples.{name}", description=description)
     p.add_argument(
         "--quick", action="store_true", help=f"{quick_help} (explicit options still win)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the batches")
     p.add_argument(
-        "--out", default=f"results/{name}", help=f"output directory (default: results/{name})"
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="seeds, each giving every setting the same weights and batches (default: "
+        f"{' '.join(map(str, SEEDS))}, and {' '.join(map(str, MORE_SEEDS))} too where a "
+        "verdict's difference is within two standard deviations)",
     )
     p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="mnist",
+        help="mnist (offline: the bundled mnist-lite) or fashion-mnist (default: mnist)",
+    )
+    p.add_argument("--out", help=f"output directory (default: results/{name}/<dataset>)")
+    p.add_argument(
         "--data-dir",
-        help="directory holding the four MNIST IDX files (overrides $TINYNORM_DATA, the cache "
-        "and the download)",
+        help="directory holding the four IDX files (overrides $TINYNORM_DATA, the cache, the "
+        "system copy and the download)",
     )
     add_data_options(p)
     return p
@@ -77,33 +94,45 @@ def positive_int(text: str) -> int:
 
 
 def parse_experiment(p: argparse.ArgumentParser, argv, quick: dict, full: dict):
-    """Parse `argv`; every option left unset (None) takes its value from `quick` or `full`."""
+    """Parse `argv`; every option left unset (None) takes its value from `quick` or `full`.
+    `args.more_seeds` are the seeds to add where a verdict needs them: none where --seeds was
+    given or in a quick run."""
     args = p.parse_args(argv)
+    explicit_seeds = args.seeds is not None
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.seeds is None:
+        args.seeds = list(SEEDS)
+    args.more_seeds = () if explicit_seeds or args.quick else MORE_SEEDS
+    if args.out is None:
+        args.out = f"results/{p.prog.rpartition('.')[2]}/{args.dataset}"
     return args
 
 
-def load_mnist(
+def load_data(
     args: argparse.Namespace, min_train: int = 1, flatten: bool = False
 ) -> tuple[Data, Data, str]:
-    """Standardized MNIST images, (N, 1, 28, 28) or (N, 784) with `flatten`, and labels: the
-    first `args.train_limit` training and `args.test_limit` test examples (None: all), from
-    `args.data_dir` (no download with `args.offline`), and a one-line description of what was
-    used. Fewer than `min_train` training images raise ValueError."""
-    train_set = MNIST(root=args.data_dir, train=True, download=not args.offline)
-    test_set = MNIST(root=args.data_dir, train=False, download=not args.offline)
+    """Standardized images of `args.dataset`, (N, 1, 28, 28) or (N, 784) with `flatten`, and
+    labels: the first `args.train_limit` training images (None: the first `TRAIN_IMAGES`, so
+    that MNIST and Fashion-MNIST train on as many as mnist-lite holds) and `args.test_limit`
+    test images (None: all), from `args.data_dir` (no download with `args.offline`), and a
+    one-line description of what was used. Fewer than `min_train` training images raise
+    ValueError."""
+    kind = MNIST if args.dataset == "mnist" else FashionMNIST
+    train_set = kind(root=args.data_dir, train=True, download=not args.offline)
+    test_set = kind(root=args.data_dir, train=False, download=not args.offline)
     x_train, x_test = train_set.normalized(), test_set.normalized()
     if flatten:
         x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
-    train = x_train[: args.train_limit], train_set.labels[: args.train_limit]
+    limit = TRAIN_IMAGES if args.train_limit is None else args.train_limit
+    train = x_train[:limit], train_set.labels[:limit]
     test = x_test[: args.test_limit], test_set.labels[: args.test_limit]
     if len(train[1]) < min_train:
         raise ValueError(f"{len(train[1])} training images are fewer than one batch of {min_train}")
     description = (
-        f"train {len(train[1]):,} of {len(train_set):,} images, test {len(test[1]):,} of "
-        f"{len(test_set):,} ({train_set.source.kind})"
+        f"{kind.name}, train {len(train[1]):,} of {len(train_set):,} images, test "
+        f"{len(test[1]):,} of {len(test_set):,} ({train_set.source.kind})"
     )
     return train, test, description
 
@@ -329,3 +358,34 @@ def run_experiment(
         return 1
     print(summary(args, result))
     return 0
+
+
+# Thirteen lines that stay apart by colour, marker and dash: one per norm setting.
+COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+    "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#6b8e23", "#ff1493",
+)  # fmt: skip
+MARKERS = "osv^DPX*h<>pd"
+
+
+def line_style(i: int) -> dict:
+    """The i-th line's colour, marker and dash (solid and dashed alternate)."""
+    return dict(color=COLOURS[i % 13], marker=MARKERS[i % 13], linestyle="-:"[i % 2])
+
+
+def plot_mean_std(ax, x: Sequence[float], runs: Sequence[Sequence[float]], i: int, label: str):
+    """On `ax`, the mean over seeds at each x (`runs[j]`: the seeds' values at x[j]) with
+    ± one standard deviation as error bars, in the i-th line style."""
+    means = [float(np.mean(r)) for r in runs]
+    errors = [sample_std(r) for r in runs]
+    ax.errorbar(x, means, yerr=errors, capsize=3, label=label, markersize=5, **line_style(i))
+
+
+def plot_band(ax, x: Sequence[float], curves: np.ndarray, i: int, label: str) -> None:
+    """On `ax`, the mean of `curves` (seeds × len(x)) as a line in the i-th style, markers
+    every tenth point, and a band of ± one standard deviation."""
+    mean = curves.mean(axis=0)
+    std = curves.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
+    style = line_style(i)
+    ax.plot(x, mean, label=label, markevery=max(1, len(x) // 10), markersize=5, **style)
+    ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.15, linewidth=0)

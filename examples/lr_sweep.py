@@ -79,7 +79,7 @@ from .common import (
     evaluate,
     experiment_parser,
     final_loss,
-    load_mnist,
+    load_data,
     markdown_table,
     parse_experiment,
     run_experiment,
@@ -302,7 +302,7 @@ def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    train, test, data = load_mnist(args, min_train=args.batch_size)
+    train, test, data = load_data(args, min_train=args.batch_size)
     print(f"{settings(args)}; networks {', '.join(NETS.values())}")
     steps = args.examples // args.batch_size
     total = len(NETS) * len(args.lrs) * steps * args.batch_size

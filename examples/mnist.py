@@ -40,6 +40,7 @@ from tinynorm.nn.utils import weight_norm
 from tinynorm.variants import BY_KEY
 
 from .common import (
+    DATASETS,
     NonFiniteLossError,
     add_data_options,
     check_finite_loss,
@@ -52,7 +53,6 @@ from .common import (
 
 PROGRAM = "tinynorm.examples.mnist"
 OPTIMIZERS = ("sgd", "adam")
-DATASETS = ("mnist", "fashion-mnist")
 FIXED = ("norm", "optimizer", "width")  # what a resumed run cannot change
 DEFAULTS = {"norm": "bn", "optimizer": "sgd", "width": 16, "epochs": 6, "batch_size": 64}
 DEFAULTS |= {"seed": 0, "dataset": "mnist"}  # a fresh run's; a resumed run takes the saved ones

@@ -59,7 +59,7 @@ from .common import (
     evaluate,
     experiment_parser,
     final_loss,
-    load_mnist,
+    load_data,
     markdown_table,
     parse_experiment,
     run_experiment,
@@ -259,7 +259,7 @@ def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    train, test, data = load_mnist(args, min_train=max(args.batch_sizes))
+    train, test, data = load_data(args, min_train=max(args.batch_sizes))
     print(settings(args))
     warm_up(args.norms, args.width, train)
     images = len(train[1])

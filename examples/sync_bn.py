@@ -45,7 +45,7 @@ from .common import (
     evaluate,
     experiment_parser,
     final_loss,
-    load_mnist,
+    load_data,
     markdown_table,
     parse_experiment,
     run_distributed,
@@ -206,7 +206,7 @@ def plot(rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    train, test, data = load_mnist(args, min_train=args.ranks * args.batch_size)
+    train, test, data = load_data(args, min_train=args.ranks * args.batch_size)
     world = dist.group()
     if world.size != args.ranks:
         raise RuntimeError(f"started on {world.size} ranks, expected --ranks {args.ranks}")
