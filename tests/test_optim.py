@@ -10,7 +10,7 @@ import tinynorm
 from tinynorm import backend
 from tinynorm.nn import Parameter
 from tinynorm.optim import SGD, Adam, AdamW, Optimizer
-from tinynorm.optim.lr_scheduler import CosineAnnealingLR, StepLR
+from tinynorm.optim.lr_scheduler import CosineAnnealingLR, LinearLR, StepLR
 
 P0 = [1.0, -2.0, 0.5]
 # The small second gradient makes v shrink, so amsgrad's max(v̂, v) differs from v.
@@ -224,6 +224,22 @@ def test_cosine_annealing_lr():
     expected = [0.01 + 0.09 * (1 + math.cos(math.pi * t / 8)) / 2 for t in range(9)]
     np.testing.assert_allclose(lrs, expected, rtol=1e-12)
     assert lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.01)
+
+
+def test_linear_lr_warms_up_then_holds():
+    optimizer = SGD([make_param()], lr=0.2)
+    scheduler = LinearLR(optimizer, start_factor=0.25, total_iters=3)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    np.testing.assert_allclose(lrs, [0.05, 0.1, 0.15, 0.2, 0.2, 0.2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [dict(start_factor=0.0), dict(end_factor=1.5), dict(total_iters=0)])
+def test_linear_lr_rejects_bad_factors(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        LinearLR(SGD([make_param()], lr=0.1), **bad)
 
 
 def test_scheduler_resumes_from_its_state_dict():

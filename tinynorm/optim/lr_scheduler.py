@@ -87,3 +87,34 @@ class CosineAnnealingLR(LRScheduler):
     def get_lr(self) -> list[float]:
         cosine = (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
         return [self.eta_min + (base - self.eta_min) * cosine for base in self.base_lrs]
+
+
+class LinearLR(LRScheduler):
+    """A linear ramp of the lr's factor from `start_factor` to `end_factor` over `total_iters`
+    epochs, then `end_factor` (a warm-up, as PyTorch's):
+
+        η_t = η_base · (s + (e − s) · min(t, T) / T)
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        start_factor: float = 1.0 / 3,
+        end_factor: float = 1.0,
+        total_iters: int = 5,
+        last_epoch: int = -1,
+    ):
+        if not (0 < start_factor <= 1 and 0 <= end_factor <= 1):
+            raise ValueError(
+                f"start_factor must be in (0, 1] and end_factor in [0, 1], got {start_factor} "
+                f"and {end_factor}"
+            )
+        if total_iters < 1:
+            raise ValueError(f"total_iters must be a positive integer, got {total_iters}")
+        self.start_factor, self.end_factor, self.total_iters = start_factor, end_factor, total_iters
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        done = min(self.last_epoch, self.total_iters) / self.total_iters
+        factor = self.start_factor + (self.end_factor - self.start_factor) * done
+        return [base * factor for base in self.base_lrs]
