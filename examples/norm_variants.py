@@ -1,258 +1,194 @@
-"""The normalization variants side by side (SPEC §6.4, seed 004): every norm at batch 2 to 128.
+"""Every normalization variant side by side (seed 004, SPEC §6.4): accuracy, speed of
+convergence and cost per step, over seeds.
 
-    python -m tinynorm.examples.norm_variants [--quick] [--norms bn,ln,gn] [--batch-sizes 2,8]
+    python -m tinynorm.examples.norm_variants [--quick] [--norms bn,wn,bin,sn,bln] [--seeds 0 1 2]
 
-The claim (seed 004, a survey of normalization techniques): group norm and layer norm are
-stable across batch sizes, while batch norm degrades at small batches, where the statistics of
-a few examples are noisy and the running averages used at test time disagree with them.
+The claims, from seed 004's survey and seed 003 (arXiv 2209.08898):
+- weight normalization with mean-only batch norm (`wn`) does better than batch norm;
+- batch-instance norm (`bin`, a learned per-channel mix of BN and IN) does better than the
+  better of its two components, and switchable norm (`sn`, learned mixes of BN, IN and LN
+  statistics) better than the best of its three;
+- batch-layer norm (`bln`) converges faster than BN and LN.
 
-The model is the main job's CNN (`examples/mnist.py`, `build_model`): conv 5×5 → norm → ReLU →
-max-pool, twice, then a linear classifier, with every norm layer of the main job (`--norms`,
-default all of `mnist.NORMS`, "none" included). Each norm is trained at each batch size
-(`--batch-sizes`, default 2, 8, 32, 128) for `--epochs` epochs of the training images, in
-batches that drop the last partial one (so `--epochs` × ⌊images / batch⌋ steps), from the same
-initial weights, with the same example order (one seeded shuffle per epoch, cut into batches of
-each size), by SGD with momentum 0.9 and the linear scaling rule lr = `--lr` × batch / 64, as in
-`brn_small_batch`; `--lr` defaults to the main job's 0.02 (at 0.05, batch 128's lr of 0.1 with
-momentum 0.9 collapsed GN and mean-only BN to chance in one epoch: measured, 2026-11-23). The
-test accuracy is measured in eval mode: batch-statistic norms use their
-running estimates (inference statistics), as they would when deployed. The time per epoch is the
-training time alone (no evaluation); one untimed step of each norm first takes Numba's
-compilation (or the load from its cache) out of it. A run whose training loss becomes NaN or
-infinite stops there, is flagged as diverged, and is still tested; the others carry on.
+Every norm of `examples/designs.py`'s design (`--design`, default `small-maps`, the CNN whose
+last norms see 7 × 7 and 3 × 3 maps; `--norms`, default all 13 of the main job's) is trained as
+in `small_batch` (its `train_one`): the same number of steps (`--steps`, default 500) at each
+batch size (`--batch-sizes`, default 16), from the seed's weights and example order, by SGD with
+momentum 0.9 at lr `--lr` × batch / 64 after a 5% warm-up, tested in eval mode after a quarter
+of the steps and at the end. "Converges faster" is judged by the test accuracy after a quarter
+of the steps; "does better" by the final test accuracy; each claim by `examples/verdicts.py`'s
+rule with an effect of one point (5 seeds where a difference is within 2 std). A mixture's
+"better component" is the component with the higher mean final accuracy in the same run.
 
-Outputs, in `--out` (written atomically): `norm_variants.csv` (one row per norm and batch size:
-steps taken, learning rate, test accuracy, mean training loss over the last tenth of the steps,
-training seconds per epoch (for a diverged run, from the steps it took), examples per second,
-diverged 0/1), `norm_variants.md` (the settings, a table of the accuracies with their spread
-over the batch sizes, and a table of the seconds per epoch) and `norm_variants.png` (accuracy and
-time per epoch against batch size, if matplotlib is installed). The last line printed is
-`test accuracy (inference statistics) at batch 2 / 8 / 32 / 128: none 0.xxxx / ... / 0.xxxx,
-bn ..., ...`, every norm in `--norms` order.
+Outputs, in `--out` (written atomically): `norm_variants.csv` (one row per seed, norm and batch
+size, `small_batch`'s columns), `norm_variants_curves.csv` (each run's training loss averaged
+over 50 windows of its steps), `norm_variants.md` (the settings; per batch size, each norm's
+accuracy after a quarter and at the end, final training loss and ms per step, mean ± std; the
+verdicts) and `norm_variants.png` (training loss against steps, mean ± std bands, and the
+accuracies with error bars, one style per norm; if matplotlib is installed). The last line
+printed is the verdicts in one line.
 
-Cost, measured on 2 idle CPU cores (2026-11-23), training examples per second over the norms:
-at width 8 about 1,800-3,100 at batch 2 and 3,000-6,000 at batch 8 to 128; at width 16 about
-1,200-2,000 at batch 2 and 2,100-3,000 at batch 8 to 128; testing 4,000-7,000 images/s at width
-16. So `--quick` (512 training and 500 test images, width 8, all 44 runs) takes about 13 seconds;
-it is a smoke run (4 steps at batch 128), too short to test the claim. The full run (all the
-training images: offline, mnist-lite's 10,000; one epoch; width 16; 44 runs, each tested on
-10,000 images) trains on 440,000 examples in about 3.5 minutes and tests for about 1.5: about
-5 minutes in all. Timings are wall-clock: another busy process on the machine inflates them.
+Cost, on 2 CPU cores (2026-11-28): about 2 minutes a seed (13 norms × 500 steps at batch 16,
+width 8, 10-20 ms a step, two evaluations of 10,000 images each), so about 6-7 minutes for 3
+seeds and 11 with 5. `--quick` takes seconds and tests no claim.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-import tinynorm as tn
-from tinynorm.data import DataLoader
 from tinynorm.files import atomic_write
 
 from .common import (
-    Data,
-    evaluate,
     experiment_parser,
-    final_loss,
+    line_style,
     load_data,
     markdown_table,
     parse_experiment,
+    plot_band,
     run_experiment,
-    train_step,
-    train_steps,
+    write_csv,
     write_outputs,
 )
-from .mnist import NORM_HELP, NORMS, build_model
+from .designs import FC_NORMS
+from .mnist import NORMS
+from .small_batch import REFERENCE_BATCH, add_run_options, finish_args, train_one, warm_up
+from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table
 
-REFERENCE_BATCH = 64  # the batch size at which the learning rate is --lr
-QUICK = dict(width=8, train_limit=512, test_limit=500)
-FULL = dict(width=16, train_limit=None, test_limit=None)
-MARKERS = "os^vDPX*h<>"  # with the 10 default colors, 11 norms stay apart
-
-
-def norm_list(text: str) -> list[str]:
-    """`--norms`: comma-separated names from `mnist.NORMS`, in the order given, without repeats."""
-    norms = [name.strip() for name in text.split(",")]
-    for name in norms:
-        if name not in NORMS:
-            raise argparse.ArgumentTypeError(
-                f"unknown norm '{name}' (choose from {', '.join(NORMS)})"
-            )
-    return list(dict.fromkeys(norms))
-
-
-def batch_size_list(text: str) -> list[int]:
-    """`--batch-sizes`: comma-separated positive integers, sorted, without repeats."""
-    items = text.split(",")
-    for item in items:
-        if not item.strip().isdecimal() or int(item) < 1:
-            raise argparse.ArgumentTypeError(f"'{item}' is not a positive integer")
-    return sorted({int(item) for item in items})
+EFFECT = 0.01  # one point of test accuracy
+WINDOWS = 50  # points of each run's training-loss curve
+DEFAULTS = {
+    "small-maps": dict(norms=list(NORMS), steps=500, batch_sizes=[16], lr=0.4, width=8),
+    "fc": dict(norms=list(FC_NORMS), steps=1500, batch_sizes=[16], lr=0.1, width=100),
+}
+QUICK = dict(steps=20, train_limit=512, test_limit=500)
+FULL = dict(test_limit=None)
+MIXTURES = {"bin": ("bn", "in"), "sn": ("bn", "in", "ln")}  # each mixture's components
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = experiment_parser(
         "norm_variants",
-        "Every normalization layer of the main job's CNN at batch sizes 2 to 128: test "
-        "accuracy with inference statistics, and training time per epoch.",
-        "a short run: 512 training and 500 test images, width 8, every norm and batch size",
+        "Every normalization layer on the same network, batches and steps: final accuracy, "
+        "accuracy after a quarter of the steps, training loss and time per step, over seeds.",
+        "a smoke run: 20 steps, 512 training and 500 test images",
     )
-    p.add_argument(
-        "--norms",
-        type=norm_list,
-        default=",".join(NORMS),
-        metavar="NAMES",
-        help=f"comma-separated norms to compare (default: all), from {NORM_HELP}",
-    )
-    p.add_argument(
-        "--batch-sizes",
-        type=batch_size_list,
-        default="2,8,32,128",
-        metavar="SIZES",
-        help="comma-separated batch sizes (default: 2,8,32,128)",
-    )
-    p.add_argument("--epochs", type=int, default=1, help="training epochs per run (default: 1)")
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=0.02,
-        help=f"learning rate at batch {REFERENCE_BATCH}, scaled linearly (default: 0.02, the "
-        "main job's)",
-    )
-    p.add_argument("--width", type=int, help="channels of the first conv (default: 16)")
-    args = parse_experiment(p, argv, QUICK, FULL)
-    if args.epochs < 1 or args.width < 1 or not args.lr > 0:
-        p.error("--epochs and --width must be >= 1 and --lr > 0")
-    return args
+    add_run_options(p, DEFAULTS)
+    return finish_args(p, parse_experiment(p, argv, QUICK, FULL), DEFAULTS)
 
 
-def warm_up(norms: list[str], width: int, train: Data) -> None:
-    """One untimed training step of each norm's model on two examples, so that Numba's
-    compilation (or its cache load) is not counted in the first run's time."""
-    for norm in norms:
-        model = build_model(norm, 1, width)
-        optimizer = tn.optim.SGD(list(model.parameters()), lr=0.0)
-        train_step(model, optimizer, *next(iter(DataLoader(train, batch_size=2))))
+def comparisons(args: argparse.Namespace, rows: list[dict]) -> list[Comparison]:
+    """The claims this run can judge (those whose norms it ran), at each batch size."""
+    found: list[Comparison] = []
+    ran = set(args.norms)
+
+    def compare(claim: str, key: str, better: str, worse: str, b: int) -> Comparison:
+        return Comparison(
+            f"{claim} (batch {b})",
+            per_seed(rows, key, norm=better, batch_size=b),
+            per_seed(rows, key, norm=worse, batch_size=b),
+            EFFECT,
+            (better.upper(), worse.upper()),
+        )
+
+    for b in args.batch_sizes:
+        if {"wn", "bn"} <= ran:
+            found.append(compare("WN + mean-only BN beats BN", "test_accuracy", "wn", "bn", b))
+        for mixture, parts in MIXTURES.items():
+            if {mixture, *parts} <= ran:
+                best = max(parts, key=lambda n: np.mean(per_seed(rows, "test_accuracy", norm=n)))
+                claim = f"{mixture.upper()} beats its best component, {best.upper()}"
+                found.append(compare(claim, "test_accuracy", mixture, best, b))
+        for other in ("bn", "ln"):
+            if {"bln", other} <= ran:
+                claim = f"BLN converges faster than {other.upper()}: accuracy at 1/4 of the steps"
+                found.append(compare(claim, "test_accuracy_quarter", "bln", other, b))
+    return found
 
 
-def train_one(
-    args: argparse.Namespace,
-    norm: str,
-    batch_size: int,
-    steps: int,
-    train: Data,
-    test: Data,
-    bar: tqdm,
-) -> dict:
-    """Train one model (`norm`, width `args.width`, the weights of `args.seed`) for `steps`
-    batches of `batch_size` by SGD with momentum 0.9 at lr `args.lr` × batch / 64, stopping at
-    a non-finite loss, and test it; its CSV row. `brn_small_batch` runs the same."""
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, seed=args.seed)
-    lr = args.lr * batch_size / REFERENCE_BATCH
-    tn.manual_seed(args.seed)  # the same initial weights for every run
-    model = build_model(norm, steps, args.width)
-    optimizer = tn.optim.SGD(list(model.parameters()), lr=lr, momentum=0.9)
-    losses, seconds = train_steps(model, optimizer, loader, steps, bar)
-    accuracy = evaluate(model, test)
-    bar.set_postfix_str(f"{norm} batch {batch_size}: {accuracy:.4f}")
-    return {
-        "norm": norm,
-        "batch_size": batch_size,
-        "steps": len(losses),
-        "lr": lr,
-        "test_accuracy": round(accuracy, 6),
-        "final_train_loss": round(final_loss(losses), 6),
-        "train_seconds_per_epoch": round(seconds * len(loader) / len(losses), 3),
-        "examples_per_second": round(len(losses) * batch_size / seconds, 1),
-        "diverged": int(not math.isfinite(losses[-1])),
-    }
-
-
-def settings(args: argparse.Namespace) -> str:
-    """The experiment in one line, for the console and the Markdown."""
-    return (
-        f"CNN width {args.width}; norms {', '.join(args.norms)}; batch sizes "
-        f"{', '.join(map(str, args.batch_sizes))}; {args.epochs} epoch(s) per run; SGD momentum "
-        f"0.9, lr {args.lr:g} × batch / {REFERENCE_BATCH}; seed {args.seed}"
-    )
+def curve(losses: list[float]) -> list[float]:
+    """The training losses averaged over `WINDOWS` equal windows of the steps (fewer if the
+    run was shorter)."""
+    return [float(np.mean(w)) for w in np.array_split(np.array(losses), min(WINDOWS, len(losses)))]
 
 
 def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> str:
-    """The settings, then test accuracy and seconds per epoch by norm (rows) and batch size
-    (columns); a diverged run's accuracy is marked."""
-    run = {(r["norm"], r["batch_size"]): r for r in rows}
-    batches = [f"batch {b}" for b in args.batch_sizes]
+    """The settings; per batch size a table of each norm's numbers (mean ± std over the
+    seeds); the verdicts."""
+    seeds = sorted({r["seed"] for r in rows})
+    parts = [
+        "# Normalization variants side by side",
+        "",
+        f"Design {args.design} (width {args.width}); {args.steps} steps per run; SGD momentum "
+        f"0.9, lr {args.lr:g} × batch / {REFERENCE_BATCH} after a 5% warm-up; seeds "
+        f"{', '.join(map(str, seeds))}. Data: {data}. Tested in eval mode.",
+    ]
+    for b in args.batch_sizes:
 
-    def accuracy_cell(row: dict) -> str:
-        return f"{row['test_accuracy']:.4f}" + (" (diverged)" if row["diverged"] else "")
+        def cell(norm: str, key: str, digits: int = 4, b: int = b) -> str:
+            return mean_std(per_seed(rows, key, norm=norm, batch_size=b), digits)
 
-    accuracy = markdown_table(
-        ["test accuracy", *batches, "spread (max − min)"],
-        [
+        table = markdown_table(
+            ["norm", "accuracy at 1/4", "final accuracy", "final train loss", "ms per step"],
             [
-                norm,
-                *(accuracy_cell(run[norm, b]) for b in args.batch_sizes),
-                f"{np.ptp([run[norm, b]['test_accuracy'] for b in args.batch_sizes]):.4f}",
-            ]
-            for norm in args.norms
-        ],
-    )
-    seconds = markdown_table(
-        ["seconds per epoch", *batches],
-        [
-            [norm, *(f"{run[norm, b]['train_seconds_per_epoch']:.2f}" for b in args.batch_sizes)]
-            for norm in args.norms
-        ],
-    )
-    total = sum(r["steps"] * r["batch_size"] / r["examples_per_second"] for r in rows)
-    return "\n".join(
-        [
-            "# Normalization variants side by side, with tinynorm",
-            "",
-            f"{settings(args)}. Data: MNIST, {data}. Tested in eval mode (batch-statistic norms "
-            f"with their running estimates). Training time: {total:.0f} s in all.",
-            "",
-            accuracy,
-            "",
-            "Training time per epoch (no evaluation), seconds:",
-            "",
-            seconds,
-            "",
-        ]
-    )
+                [
+                    norm,
+                    cell(norm, "test_accuracy_quarter"),
+                    cell(norm, "test_accuracy"),
+                    cell(norm, "final_train_loss"),
+                    cell(norm, "ms_per_step", 2),
+                ]
+                for norm in args.norms
+            ],
+        )
+        parts += ["", f"Batch {b}, mean ± std over the seeds:", "", table]
+    return "\n".join([*parts, "", verdict_table(comparisons(args, rows)), ""])
 
 
-def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
-    """Test accuracy and seconds per epoch against batch size (log2 axis), one line per norm;
-    False without matplotlib."""
+def plot(args: argparse.Namespace, rows: list[dict], curves: list[dict], path: Path) -> bool:
+    """Training loss against steps (mean ± std band over the seeds) and the accuracies (after
+    a quarter of the steps: open marker; final: filled) with error bars, at the first batch
+    size, one style per norm; False without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         return False
-    run = {(r["norm"], r["batch_size"]): r for r in rows}
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    accuracy_ax, seconds_ax = fig.subplots(1, 2)
+    b = args.batch_sizes[0]
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    loss_ax, accuracy_ax = fig.subplots(1, 2, width_ratios=(3, 2))
     for i, norm in enumerate(args.norms):
-        runs = [run[norm, b] for b in args.batch_sizes]
-        style = dict(marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", label=norm)
-        accuracy_ax.plot(args.batch_sizes, [r["test_accuracy"] for r in runs], **style)
-        seconds_ax.plot(args.batch_sizes, [r["train_seconds_per_epoch"] for r in runs], **style)
-    for ax in (accuracy_ax, seconds_ax):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(args.batch_sizes, [str(b) for b in args.batch_sizes])
-        ax.set_xlabel("batch size")
-        ax.grid(alpha=0.3)
-    accuracy_ax.set(ylabel="test accuracy (inference statistics)")
-    accuracy_ax.set_ylim(top=1)  # the bottom follows the data: the norms differ by points
-    seconds_ax.set(ylabel="training seconds per epoch")
-    seconds_ax.set_ylim(bottom=0)
-    fig.legend(*accuracy_ax.get_legend_handles_labels(), loc="outside right upper")
-    fig.suptitle(f"Normalization variants: CNN width {args.width}, {args.epochs} epoch(s) per run")
+        runs = [c for c in curves if c["norm"] == norm and c["batch_size"] == b]
+        seeds = sorted({c["seed"] for c in runs})
+        losses = np.array([[c["loss"] for c in runs if c["seed"] == s] for s in seeds])
+        steps = [c["step"] for c in runs if c["seed"] == seeds[0]]
+        plot_band(loss_ax, steps, losses, i, norm)
+        style = line_style(i)
+        for key, x, fill in (
+            ("test_accuracy_quarter", i - 0.15, "none"),
+            ("test_accuracy", i + 0.15, style["color"]),
+        ):
+            values = per_seed(rows, key, norm=norm, batch_size=b)
+            accuracy_ax.errorbar(
+                x,
+                np.mean(values),
+                yerr=np.std(values, ddof=1) if len(values) > 1 else 0,
+                marker=style["marker"],
+                color=style["color"],
+                markerfacecolor=fill,
+                capsize=3,
+            )
+    loss_ax.set(xlabel="step", ylabel="training loss (window mean)", yscale="log")
+    loss_ax.grid(alpha=0.3)
+    accuracy_ax.set_xticks(range(len(args.norms)), args.norms, rotation=45)
+    accuracy_ax.set(ylabel="test accuracy: after 1/4 of the steps (open), final (filled)")
+    accuracy_ax.grid(alpha=0.3)
+    fig.legend(*loss_ax.get_legend_handles_labels(), loc="outside right upper")
+    fig.suptitle(f"Normalization variants, design {args.design}, batch {b}, {args.steps} steps")
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=100)
     return True
@@ -260,32 +196,46 @@ def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
 
 def run(args: argparse.Namespace) -> list[dict]:
     train, test, data = load_data(args, min_train=max(args.batch_sizes))
-    print(settings(args))
-    warm_up(args.norms, args.width, train)
-    images = len(train[1])
-    total = len(args.norms) * args.epochs * sum(images // b * b for b in args.batch_sizes)
-    with tqdm(total=total, desc="examples", unit="ex", dynamic_ncols=True) as bar:
-        rows = [
-            train_one(args, norm, b, args.epochs * (images // b), train, test, bar)
-            for b in args.batch_sizes
-            for norm in args.norms
-        ]
+    print(f"design {args.design}; norms {', '.join(args.norms)}; data: {data}")
+    warm_up(args, train)
+    curves: list[dict] = []
+    per_seed_steps = len(args.norms) * len(args.batch_sizes) * args.steps
+    with tqdm(total=per_seed_steps * len(args.seeds), desc="steps", dynamic_ncols=True) as bar:
+
+        def run_seed(seed: int) -> list[dict]:
+            if bar.n >= bar.total:
+                bar.total += per_seed_steps
+            rows = []
+            for b in args.batch_sizes:
+                for norm in args.norms:
+                    row, losses = train_one(args, norm, b, seed, train, test, bar)
+                    rows.append(row)
+                    window = max(1, len(losses) // WINDOWS)
+                    curves.extend(
+                        {
+                            "seed": seed,
+                            "norm": norm,
+                            "batch_size": b,
+                            "step": (k + 1) * window,
+                            "loss": round(loss, 6),
+                        }
+                        for k, loss in enumerate(curve(losses))
+                    )
+            return rows
+
+        rows = run_seeds(args.seeds, run_seed, lambda r: comparisons(args, r), args.more_seeds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "norm_variants_curves.csv", curves)
     markdown = summary_markdown(args, rows, data)
-    write_outputs(Path(args.out), "norm_variants", rows, markdown, lambda p: plot(args, rows, p))
+    write_outputs(out, "norm_variants", rows, markdown, lambda p: plot(args, rows, curves, p))
     return rows
 
 
 def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
-    """The last line printed: each norm's accuracies, in batch-size order."""
-    accuracy = {(r["norm"], r["batch_size"]): r["test_accuracy"] for r in rows}
-    per_norm = (
-        f"{norm} " + " / ".join(f"{accuracy[norm, b]:.4f}" for b in args.batch_sizes)
-        for norm in args.norms
-    )
-    return (
-        "test accuracy (inference statistics) at batch "
-        f"{' / '.join(map(str, args.batch_sizes))}: " + ", ".join(per_norm)
-    )
+    """The last line printed: every verdict with its gain."""
+    found = comparisons(args, rows)
+    return "; ".join(f"{c.claim}: {c.gain:+.4f} ({c.verdict})" for c in found) or "no verdict"
 
 
 def main(argv: list[str] | None = None) -> int:

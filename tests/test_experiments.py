@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from tinynorm.examples import bn_figure1, brn_noniid, brn_small_batch, common
+from tinynorm.examples import bn_figure1, brn_noniid, common
 
 from tinynorm.data import MNIST
 
@@ -115,61 +115,12 @@ def test_bn_figure1_bad_input_ends_with_one_line_and_nonzero_exit(tmp_path, caps
 
 # ---- batch renormalization (seed 000): small batches and non-i.i.d. batches --------------------
 TINY_DATA = ["--data-dir", MNIST_LITE, "--train-limit", "400", "--test-limit", "200"]
-TINY_SMALL_BATCH = [*TINY_DATA, "--examples", "64", "--batch-sizes", "2", "4", "16"]
-TINY_SMALL_BATCH += ["--width", "4"]
 TINY_NONIID = [*TINY_DATA, "--steps", "20", "--eval-every", "10", "--width", "4"]
 TINY_NONIID += ["--batch-size", "16"]
 
 
 def written_files(out) -> set[str]:
     return {p.name for p in out.iterdir()}
-
-
-def test_brn_small_batch_quick_path_writes_well_formed_outputs(tmp_path, capsys):
-    out = tmp_path / "out"
-    assert brn_small_batch.main([*TINY_SMALL_BATCH, "--out", str(out)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-
-    with open(out / "brn_small_batch.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert list(rows[0]) == [
-        "norm",
-        "batch_size",
-        "steps",
-        "lr",
-        "test_accuracy",
-        "final_train_loss",
-        "train_seconds_per_epoch",
-        "examples_per_second",
-        "diverged",
-    ]
-    assert [(r["norm"], int(r["batch_size"])) for r in rows] == [
-        (n, b) for b in (2, 4, 16) for n in ("bn", "brn", "gn")
-    ]
-    for row in rows:
-        batch = int(row["batch_size"])
-        assert int(row["steps"]) == 64 // batch  # the same examples for every batch size
-        assert float(row["lr"]) == pytest.approx(0.05 * batch / 64)
-        assert 0 <= float(row["test_accuracy"]) <= 1
-        assert np.isfinite(float(row["final_train_loss"]))
-
-    markdown = (out / "brn_small_batch.md").read_text()
-    assert "| test accuracy | batch 2 | batch 4 | batch 16 |" in markdown
-    for label in ("BN", "BRN", "GN"):
-        assert f"\n| {label} | " in markdown
-    figure = {"brn_small_batch.png"} if HAVE_MATPLOTLIB else set()
-    assert written_files(out) == {"brn_small_batch.csv", "brn_small_batch.md", *figure}
-
-    accuracy = {(r["norm"], r["batch_size"]): float(r["test_accuracy"]) for r in rows}
-    assert last == (
-        "test accuracy (inference statistics): "
-        f"batch 2: BN {accuracy['bn', '2']:.4f}, BRN {accuracy['brn', '2']:.4f}, "
-        f"GN {accuracy['gn', '2']:.4f}; "
-        f"batch 4: BN {accuracy['bn', '4']:.4f}, BRN {accuracy['brn', '4']:.4f}, "
-        f"GN {accuracy['gn', '4']:.4f}; "
-        f"batch 16: BN {accuracy['bn', '16']:.4f}, BRN {accuracy['brn', '16']:.4f}, "
-        f"GN {accuracy['gn', '16']:.4f}"
-    )
 
 
 def test_brn_noniid_quick_path_writes_well_formed_outputs(tmp_path, capsys):
@@ -202,7 +153,7 @@ def test_brn_noniid_quick_path_writes_well_formed_outputs(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("module", "argv"),
-    [(brn_small_batch, TINY_SMALL_BATCH), (brn_noniid, [*TINY_NONIID, "--steps", "10"])],
+    [(brn_noniid, [*TINY_NONIID, "--steps", "10"])],
 )
 def test_brn_experiments_without_matplotlib_say_so(module, argv, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -214,10 +165,6 @@ def test_brn_experiments_without_matplotlib_say_so(module, argv, tmp_path, capsy
 
 
 def test_brn_experiments_quick_defaults_yield_to_explicit_options():
-    quick = brn_small_batch.parse_args(["--quick"])
-    assert (quick.examples, quick.width, quick.batch_sizes) == (2_000, 8, [2, 4, 64])
-    assert brn_small_batch.parse_args(["--quick", "--examples", "100"]).examples == 100
-    assert brn_small_batch.parse_args([]).examples == 20_000
     quick = brn_noniid.parse_args(["--quick"])
     assert (quick.steps, quick.classes_per_batch, quick.out) == (600, 2, "results/brn_noniid")
     assert brn_noniid.parse_args(["--quick", "--classes-per-batch", "1"]).classes_per_batch == 1
