@@ -19,7 +19,7 @@ Each rank runs on one thread; the ranks are processes started by mpiexec (MPI, t
 
 Outputs, in `--out` (written atomically by rank 0): `sync_bn.csv` (one row per setting and
 seed: test accuracy, mean training loss over the last tenth of the steps, seconds),
-`sync_bn.md` (the settings, mean ± std over the seeds, the verdict: see `verdict`) and
+`sync_bn.md` (the settings, mean ± std over the seeds, the verdict by `verdicts.py`'s rule) and
 `sync_bn.png` (bars with the standard deviation, if matplotlib is installed). The last line
 printed is `test accuracy (mean ± std over N seeds): local BN ..., SyncBN ..., GN ...`.
 """
@@ -53,10 +53,11 @@ from .common import (
     write_outputs,
 )
 from .mnist import build_model
+from .verdicts import Comparison, mean_std, per_seed, run_seeds, sample_std
 
 SETTINGS = {"bn": "local BN", "syncbn": "SyncBN", "gn": "GN"}
 QUICK = dict(steps=40, width=8, seeds=[0, 1], ranks=2, train_limit=2_000, test_limit=500)
-FULL = dict(steps=1250, width=16, seeds=[0, 1, 2], ranks=4, train_limit=None, test_limit=None)
+FULL = dict(steps=1250, width=16, ranks=4, train_limit=None, test_limit=None)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,7 +70,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ranks", type=int, help="processes (default: 4)")
     p.add_argument("--batch-size", type=int, default=2, help="examples per rank (default: 2)")
     p.add_argument("--steps", type=int, help="training steps per run (default: 1250)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1 2)")
     p.add_argument(
         "--lr", type=float, default=0.02, help="learning rate at a global batch of 64 (0.02)"
     )
@@ -137,29 +137,10 @@ def epochs(sampler: DistributedSampler, loader: DataLoader):
         epoch += 1
 
 
-def sample_std(values: list[float]) -> float:
-    """The standard deviation over the seeds (ddof 1; 0 for one seed)."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def spread(values: list[float]) -> str:
-    return f"{np.mean(values):.4f} ± {sample_std(values):.4f}"
-
-
-EFFECT = 0.01  # the smallest gain in test accuracy the claim is taken to mean: one point
-
-
-def verdict(rows: list[dict]) -> str:
-    """SyncBN against local BN, with noise = the sum of the two settings' standard deviations
-    over the seeds: "reproduced" where the mean gain exceeds the noise; "not reproduced" where
-    it does not and gain + noise < EFFECT (a gain of one point is ruled out); else
-    "inconclusive"."""
-    acc = {s: [r["test_accuracy"] for r in rows if r["setting"] == s] for s in SETTINGS}
-    gain = np.mean(acc["syncbn"]) - np.mean(acc["bn"])
-    noise = sample_std(acc["bn"]) + sample_std(acc["syncbn"])
-    small = gain + noise < EFFECT
-    word = "reproduced" if gain > noise else "not reproduced" if small else "inconclusive"
-    return f"SyncBN - local BN = {gain:+.4f} (std sum {noise:.4f}): {word}"
+def comparison(rows: list[dict]) -> Comparison:
+    """The claim: SyncBN beats local BN in test accuracy, by one point or more."""
+    acc = {s: per_seed(rows, "test_accuracy", setting=s) for s in ("syncbn", "bn")}
+    return Comparison("SyncBN beats local BN", acc["syncbn"], acc["bn"], 0.01, ("SyncBN", "BN"))
 
 
 def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> str:
@@ -168,8 +149,8 @@ def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> s
         (
             [
                 SETTINGS[s],
-                spread([r["test_accuracy"] for r in rows if r["setting"] == s]),
-                spread([r["final_train_loss"] for r in rows if r["setting"] == s]),
+                mean_std(per_seed(rows, "test_accuracy", setting=s)),
+                mean_std(per_seed(rows, "final_train_loss", setting=s)),
                 f"{np.mean([r['seconds'] for r in rows if r['setting'] == s]):.1f}",
             ]
             for s in SETTINGS
@@ -179,8 +160,8 @@ def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> s
         f"# Local BN vs SyncBN vs GN, {args.ranks} ranks × batch {args.batch_size}\n\n"
         f"{data}; CNN width {args.width}; {args.steps} steps per run; SGD momentum 0.9, "
         f"lr {args.lr:g} × {args.ranks * args.batch_size} / 64; seeds "
-        f"{', '.join(map(str, args.seeds))}; mean ± std over the seeds.\n\n"
-        f"{table}\n\n{verdict(rows)}\n"
+        f"{', '.join(map(str, sorted({r['seed'] for r in rows})))}; mean ± std over the seeds."
+        f"\n\n{table}\n\n{comparison(rows).line()}\n"
     )
 
 
@@ -210,12 +191,16 @@ def run(args: argparse.Namespace) -> list[dict]:
     world = dist.group()
     if world.size != args.ranks:
         raise RuntimeError(f"started on {world.size} ranks, expected --ranks {args.ranks}")
-    rows = []
-    for seed in args.seeds:
+
+    def run_seed(seed: int) -> list[dict]:
+        rows = []
         for setting in SETTINGS:
             rows.append(train_one(args, setting, seed, train, test, world))
             r = rows[-1]
             print(f"seed {seed} {SETTINGS[setting]}: {r['test_accuracy']:.4f} ({r['seconds']} s)")
+        return rows
+
+    rows = run_seeds(args.seeds, run_seed, lambda rows: [comparison(rows)], args.more_seeds)
     if world.rank == 0:
         markdown = summary_markdown(args, rows, data)
         write_outputs(Path(args.out), "sync_bn", rows, markdown, lambda p: plot(rows, p))
@@ -224,10 +209,11 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
     per = (
-        f"{name} {spread([r['test_accuracy'] for r in rows if r['setting'] == s])}"
+        f"{name} {mean_std(per_seed(rows, 'test_accuracy', setting=s))}"
         for s, name in SETTINGS.items()
     )
-    return f"test accuracy (mean ± std over {len(args.seeds)} seeds): " + ", ".join(per)
+    seeds = len({r["seed"] for r in rows})
+    return f"test accuracy (mean ± std over {seeds} seeds): " + ", ".join(per)
 
 
 def main(argv: list[str] | None = None) -> int:

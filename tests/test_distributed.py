@@ -234,7 +234,8 @@ def test_sync_bn_experiment_quick_run_writes_every_setting_and_seed(tmp_path):
         [s, str(seed)] for s in ("bn", "syncbn", "gn") for seed in (0, 1)
     )
     markdown = (tmp_path / "sync_bn.md").read_text()
-    assert "2 ranks × batch 2" in markdown and "SyncBN - local BN" in markdown
+    assert "2 ranks × batch 2" in markdown and "SyncBN beats local BN: SyncBN " in markdown
+    assert re.search(r"2 seeds: \*\*(reproduced|not reproduced|inconclusive)\*\*", markdown)
     assert re.fullmatch(
         r"test accuracy \(mean ± std over 2 seeds\): local BN [\d.]+ ± [\d.]+, SyncBN .*, GN .*",
         done.stdout.strip().splitlines()[-1],
