@@ -1,6 +1,7 @@
 """Higher learning rates with batch norm? (SPEC §6.5, seeds 001-003): a learning-rate sweep.
 
-    python -m tinynorm.examples.lr_sweep [--quick] [--lrs 0.01,0.1,1] [--examples N] [--out DIR]
+    python -m tinynorm.examples.lr_sweep [--quick] [--lrs 0.01,0.1,1] [--examples N]
+        [--seeds 0 1 2] [--dataset mnist|fashion-mnist] [--out results/lr_sweep/<dataset>]
 
 The claim (seeds 001-003): "BN allows higher learning rates (less danger of exploding/vanishing
 gradients)". The argument (seed 002): a batch-normalized layer is invariant to the scale of its
@@ -9,14 +10,16 @@ to W, so a large step that grows the weights makes the following steps smaller.
 
 The model is the main job's CNN (`examples/mnist.py`, `build_model`): conv 5×5 → norm → ReLU →
 max-pool, twice, then a linear classifier, with BatchNorm2d ("with BN") or nothing ("without
-BN"). For each learning rate of a log-spaced grid (`--lrs`, default 0.01 to 30 in half-decades)
-both networks are trained on the same number of examples (`--examples`), in the same batches
-(`--batch-size`, one seeded shuffle per epoch), from the same initial weights, by plain SGD at a
-constant learning rate. No momentum (`--momentum 0`): the step is then exactly the learning rate
-times the gradient, so the learning rate at which a network breaks is the size of the step that
-breaks it, not an effect of momentum's accumulated velocity (which multiplies the long-run step
-by 1 / (1 - momentum)). The test accuracy is measured in eval mode (BN with its running
-statistics).
+BN"). For each seed (`--seeds`, default 0 1 2) and each learning rate of a log-spaced grid
+(`--lrs`, default 0.01 to 3 in half-decades) both networks are trained on the same number of
+examples (`--examples`), in the same batches (`--batch-size`, one seeded shuffle per epoch),
+from the same initial weights (the seed's), by plain SGD at a constant learning rate. No
+momentum (`--momentum 0`): the step is then exactly the learning rate times the gradient, so the
+learning rate at which a network breaks is the size of the step that breaks it, not an effect
+of momentum's accumulated velocity (which multiplies the long-run step by 1 / (1 - momentum)).
+The test accuracy is measured in eval mode (BN with its running statistics). The grid stops at
+3: in a seed-0 run to 30 (MNIST, 2026-11-23) both networks failed from lr 1 on, and lr 10 and 30
+only added NaN divergences, at a quarter of the run's time (overflowing arithmetic is slow).
 
 Three ways a run can fail, each recorded:
 - diverged at step k: the loss at step k was not finite (NaN or inf; training stops there), or
@@ -28,18 +31,34 @@ Three ways a run can fail, each recorded:
   and no gradient passes it, so it stays off. One large step that pushes every input of a ReLU
   layer below zero does this, with or without BN (with BN, its shift β takes the step).
 - neither, but a low test accuracy.
-A learning rate "trains" a network if its test accuracy reaches TRAINED_ACCURACY = 0.8 (chance is
-0.1; one epoch of mnist-lite at a good learning rate gives about 0.95). Each run also records its
-peak training loss, which shows the blow-up that precedes a death.
+A learning rate "trains" a network if its test accuracy reaches TRAINED_ACCURACY: 0.8 on MNIST,
+0.7 on Fashion-MNIST, whose accuracies run about ten points lower (chance is 0.1 on both; a
+failed run ends near it, one epoch at a good learning rate gives about 0.95 on MNIST). On
+Fashion-MNIST (seed 0, width 16, 2,000 test images) lr 0.01 gave 0.617 / 0.765 without / with
+BN and lr 0.3 0.739 / 0.726: both networks still train at 0.3 there, a few points above the
+line, where on MNIST the plain one dies. Each run also records its peak training loss, which
+shows the blow-up that precedes a death.
 
-Outputs, in `--out` (written atomically): `lr_sweep.csv` (one row per network and learning rate:
-steps trained, test accuracy, mean training loss over the last tenth of those steps, peak
+The claims, each a `verdicts.Comparison` over the seeds (gain = difference of the means, noise
+= the sum of the two standard deviations; reproduced where gain > noise, not reproduced where
+gain + noise < the effect, else inconclusive; 5 seeds where the gain is within 2 std):
+- BN tolerates a higher learning rate: per seed, log10 of the largest learning rate of the grid
+  that trains the network (half a decade below the smallest where none does); effect 0.5, one
+  step of the grid (a factor of about 3);
+- BN learns faster at a low learning rate: the test accuracy at the grid's smallest; effect
+  0.01 (one point).
+
+Outputs, in `--out` (written atomically): `lr_sweep.csv` (one row per seed, network and learning
+rate: steps trained, test accuracy, mean training loss over the last tenth of those steps, peak
 training loss, whether and at which step it diverged, whether its ReLUs died, seconds, examples
-per second), `lr_sweep.md` (the settings and a table: learning rates down, the two networks
-across) and `lr_sweep.png` (test accuracy against learning rate, log scale, diverged runs marked
-×, dead ones ○; if matplotlib is installed). The last line printed is `largest learning rate
-that trains (test accuracy >= 0.8): without BN a, with BN b; smallest that diverges: without BN
-c, with BN d` (`none` where no learning rate of the sweep qualifies).
+per second), `lr_sweep.md` (the settings; a table of test accuracy, mean ± std over the seeds,
+learning rates down, the two networks across, with how many seeds diverged or died; per seed,
+the largest learning rate that trains each network and the smallest that diverges it; the
+verdicts) and `lr_sweep.png` (test accuracy against learning rate, log scale, mean ± std error
+bars; marked × where a seed diverged, ○ where a seed's ReLUs died; if matplotlib is installed).
+The last line printed is `largest learning rate that trains (test accuracy >= 0.8), seeds 0, 1,
+2: without BN a, b, c; with BN d, e, f; higher learning rate: <verdict>; faster at lr 0.01:
+<verdict>` (`none` where no learning rate of the sweep trains).
 
 Measured (seed 0, batch 64, 10,000 examples; test accuracy without / with BN; 2026-11-23): at
 width 16 (the full run's), lr 0.1 0.960 / 0.959 and lr 0.3 0.087 / 0.930; with BN, lr 1, 3 and
@@ -48,14 +67,17 @@ width 16 (the full run's), lr 0.1 0.960 / 0.959 and lr 0.3 0.087 / 0.930; with B
 at step 2: the first update, taken on the initial weights' gradients, overshoots (a loss of 10
 to 10^3 at the next step), and the next updates push a ReLU layer off or the weights towards
 overflow. Without BN the loss stays finite up to lr 10 (its ReLUs die first). So BN moves the
-edge up by a factor of about 3 at width 16, not at width 8: with one seed, near the edge, a
-single run decides.
+edge up by a factor of about 3 at width 16, not at width 8: near the edge a single run decides,
+hence the seeds.
 
 Cost, measured on 2 CPU cores with nothing else running (2026-11-23): at width 8 about 3,000 to
-5,500 examples/s per run, at width 16 about 2,300, and 2-3 s to test on 10,000 images (other jobs
-on the same cores made it up to 20 times slower). So `--quick` (2,000 examples per run, width 8,
-sixteen runs, 1,000 test images) takes about 11 seconds with start-up, and the full run (10,000
-examples per run, width 16, sixteen runs, each tested on 10,000 images) about 2 minutes.
+5,500 examples/s per run, at width 16 about 2,300 (a run that blows up to large finite values is
+slower: lr 30 without BN took 25 s), and 2-3 s to test on 10,000 images (other jobs on the same
+cores made it up to 20 times slower). A seed of the full run (10,000 examples per run, width 16,
+twelve runs, each tested on 10,000 images) takes about 85 s, so the default three seeds about
+4.5 minutes (7.5 where the verdicts need seeds 3 and 4 too), the same on Fashion-MNIST.
+`--quick` (2,000 examples per run, width 8, two seeds, 1,000 test images) takes about 20
+seconds (32 s with other jobs on the cores).
 """
 
 from __future__ import annotations
@@ -79,20 +101,25 @@ from .common import (
     evaluate,
     experiment_parser,
     final_loss,
+    line_style,
     load_data,
     markdown_table,
     parse_experiment,
+    plot_mean_std,
     run_experiment,
     train_steps,
     write_outputs,
 )
 from .mnist import build_model
+from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table
 
 NETS = {"none": "without BN", "bn": "with BN"}  # build_model's kind: label
-LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 DIVERGED_LOSS = 2 * math.log(10)  # twice the loss of a uniform guess over ten classes
-TRAINED_ACCURACY = 0.8  # a learning rate "trains" a network whose test accuracy reaches this
-QUICK = dict(examples=2_000, width=8, train_limit=10_000, test_limit=1_000)
+TRAINED_ACCURACY = {"mnist": 0.8, "fashion-mnist": 0.7}  # a learning rate that "trains"
+LR_EFFECT = 0.5  # in log10 of the learning rate: one step of the grid
+ACCURACY_EFFECT = 0.01  # one point of test accuracy
+QUICK = dict(examples=2_000, width=8, seeds=[0, 1], train_limit=10_000, test_limit=1_000)
 FULL = dict(examples=10_000, width=16, train_limit=None, test_limit=None)
 
 
@@ -114,7 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "lr_sweep",
         "A learning-rate sweep of the main job's CNN with and without batch norm, by plain SGD: "
         "where does each network stop training, and where does it diverge?",
-        "a short run: 2,000 examples per run, width 8, 1,000 test images",
+        "a short run: seeds 0 and 1, 2,000 examples per run, width 8, 1,000 test images",
     )
     p.add_argument(
         "--lrs",
@@ -126,7 +153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--examples",
         type=int,
-        help="training examples per run (default: 10,000, one epoch of mnist-lite)",
+        help="training examples per run (default: 10,000, one epoch of the training images)",
     )
     p.add_argument("--width", type=int, help="channels of the first conv (default: 16)")
     p.add_argument(
@@ -167,17 +194,15 @@ def watch_relus(model: nn.Sequential) -> dict[int, bool]:
 
 
 def train_one(
-    args: argparse.Namespace, norm: str, lr: float, train: Data, test: Data, bar: tqdm
+    args: argparse.Namespace, seed: int, norm: str, lr: float, train: Data, test: Data, bar: tqdm
 ) -> dict:
-    """Train one network at learning rate `lr` on `args.examples` examples, stopping at a
-    non-finite loss; its CSV row."""
+    """Train one network from `seed`'s weights and batches at learning rate `lr` on
+    `args.examples` examples, stopping at a non-finite loss; its CSV row."""
     steps = args.examples // args.batch_size
-    tn.manual_seed(args.seed)  # the same initial weights for every run
+    tn.manual_seed(seed)  # the same initial weights for every run of the seed
     model = build_model(norm, steps, args.width)
     optimizer = tn.optim.SGD(list(model.parameters()), lr=lr, momentum=args.momentum)
-    loader = DataLoader(
-        train, batch_size=args.batch_size, shuffle=True, drop_last=True, seed=args.seed
-    )
+    loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True, seed=seed)
     alive = watch_relus(model)
     # a diverging run overflows: its loss says so, NumPy need not warn
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -187,6 +212,7 @@ def train_one(
         dead = diverged_at is None and not all(alive.values())
     bar.set_postfix_str(f"{NETS[norm]} lr {lr:g}: {outcome(accuracy, diverged_at, dead)}")
     return {
+        "seed": seed,
         "norm": norm,
         "lr": lr,
         "steps": len(losses),
@@ -213,48 +239,117 @@ def settings(args: argparse.Namespace) -> str:
     return (
         f"CNN width {args.width}; learning rates {', '.join(f'{lr:g}' for lr in args.lrs)}; "
         f"SGD momentum {args.momentum:g}, constant learning rate; batch {args.batch_size}; "
-        f"{args.examples:,} training examples per run; seed {args.seed}"
+        f"{args.examples:,} training examples per run"
     )
 
 
-def trained_and_diverged(rows: list[dict], norm: str) -> tuple[str, str]:
-    """The largest learning rate that trains network `norm` and the smallest that diverges it,
-    as text ("none" where no learning rate of the sweep does)."""
-    runs = [r for r in rows if r["norm"] == norm]
-    trained = [r["lr"] for r in runs if r["test_accuracy"] >= TRAINED_ACCURACY]
+def seeds_of(rows: list[dict]) -> list[int]:
+    """The seeds that `rows` hold, in order."""
+    return sorted({r["seed"] for r in rows})
+
+
+def edges(
+    rows: list[dict], norm: str, seed: int, threshold: float
+) -> tuple[float | None, float | None]:
+    """For one network and seed: the largest learning rate whose test accuracy reaches
+    `threshold` and the smallest that diverges (None where none does)."""
+    runs = [r for r in rows if r["norm"] == norm and r["seed"] == seed]
+    trained = [r["lr"] for r in runs if r["test_accuracy"] >= threshold]
     diverged = [r["lr"] for r in runs if r["diverged"]]
-    return (
-        f"{max(trained):g}" if trained else "none",
-        f"{min(diverged):g}" if diverged else "none",
-    )
+    return max(trained, default=None), min(diverged, default=None)
+
+
+def text(lr: float | None) -> str:
+    """A learning rate as the tables print it: "0.3", or "none" for None."""
+    return "none" if lr is None else f"{lr:g}"
+
+
+def comparisons(args: argparse.Namespace, rows: list[dict]) -> dict[str, Comparison]:
+    """The claims, by a short name, each judged over the seeds of `rows`."""
+    threshold, low = TRAINED_ACCURACY[args.dataset], min(args.lrs)
+
+    def log_largest(norm: str) -> list[float]:  # none trains: half a decade below the grid
+        largest = (edges(rows, norm, seed, threshold)[0] for seed in seeds_of(rows))
+        return [math.log10(low) - 0.5 if lr is None else math.log10(lr) for lr in largest]
+
+    names = tuple(NETS[n] for n in ("bn", "none"))
+    return {
+        "higher learning rate": Comparison(
+            "BN tolerates a higher learning rate: log10 of the largest that trains (test "
+            f"accuracy ≥ {threshold:g})",
+            log_largest("bn"),
+            log_largest("none"),
+            LR_EFFECT,
+            names,
+            digits=2,
+        ),
+        f"faster at lr {low:g}": Comparison(
+            f"BN learns faster at a low learning rate: test accuracy at lr {low:g}",
+            per_seed(rows, "test_accuracy", norm="bn", lr=low),
+            per_seed(rows, "test_accuracy", norm="none", lr=low),
+            ACCURACY_EFFECT,
+            names,
+        ),
+    }
+
+
+def cell(runs: list[dict]) -> str:
+    """One network at one learning rate over the seeds: mean ± std of the test accuracy, and
+    how many seeds diverged or died."""
+    failed = [
+        f"{count} of {len(runs)} {word}"
+        for key, word in (("diverged", "diverged"), ("relu_dead", "ReLUs dead"))
+        if (count := sum(r[key] for r in runs))
+    ]
+    note = f" ({', '.join(failed)})" if failed else ""
+    return mean_std([r["test_accuracy"] for r in runs]) + note
 
 
 def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> str:
-    """The settings and the definitions, then the outcome by learning rate (rows) and network
-    (columns)."""
-    cells = {
-        (r["norm"], r["lr"]): outcome(r["test_accuracy"], r["diverged_at_step"], r["relu_dead"])
-        for r in rows
-    }
-    seconds = sum(r["train_seconds"] for r in rows)
-    table = markdown_table(
+    """The settings and the definitions, the outcome by learning rate (rows) and network
+    (columns), the edges per seed, and the verdicts."""
+    threshold, seeds = TRAINED_ACCURACY[args.dataset], seeds_of(rows)
+    accuracy = markdown_table(
         ["learning rate", *(f"test accuracy {label}" for label in NETS.values())],
-        [[f"{lr:g}", *(cells[norm, lr] for norm in NETS)] for lr in args.lrs],
+        (
+            [f"{lr:g}", *(cell([r for r in rows if (r["norm"], r["lr"]) == (n, lr)]) for n in NETS)]
+            for lr in args.lrs
+        ),
     )
+    per_seed_edges = markdown_table(
+        [
+            "seed",
+            *(f"largest that trains, {label}" for label in NETS.values()),
+            *(f"smallest that diverges, {label}" for label in NETS.values()),
+        ],
+        (
+            [seed, *(text(edges(rows, n, seed, threshold)[i]) for i in (0, 1) for n in NETS)]
+            for seed in seeds
+        ),
+    )
+    seconds = sum(r["train_seconds"] for r in rows)
     return "\n".join(
         [
             "# Learning-rate sweep with and without batch norm, with tinynorm",
             "",
-            f"{settings(args)}. Both networks start from the same weights and see the same "
-            f"batches. Data: MNIST, {data}. Tested in eval mode (BN with its running "
-            f"statistics). Diverged: a non-finite loss (training stopped there), or a mean "
-            f"loss over the last tenth of the steps above 2·ln 10 = {DIVERGED_LOSS:.2f} (the "
-            f"step is then the first above it). ReLUs dead: on the last training batch a ReLU "
-            f"layer was 0 for every unit and every example, so the layers above it see a "
-            f"constant and no gradient passes it: it stays off. Training time: {seconds:.0f} s "
-            f"in all.",
+            f"{settings(args)}. Seeds {', '.join(map(str, seeds))}: mean ± std over the seeds; "
+            f"in each seed both networks start from the same weights and see the same batches. "
+            f"Data: {data}. Tested in eval mode (BN with its running statistics). Trains: a "
+            f"test accuracy of at least {threshold:g}. Diverged: a non-finite loss (training "
+            f"stopped there), or a mean loss over the last tenth of the steps above 2·ln 10 = "
+            f"{DIVERGED_LOSS:.2f}. ReLUs dead: on the last training batch a ReLU layer was 0 for "
+            f"every unit and every example, so the layers above it see a constant and no "
+            f"gradient passes it: it stays off. Training time: {seconds:.0f} s in all.",
             "",
-            table,
+            accuracy,
+            "",
+            per_seed_edges,
+            "",
+            "Verdicts (reproduced: gain > noise, the sum of the two standard deviations; not "
+            "reproduced: gain + noise < the effect; else inconclusive; a network that no "
+            "learning rate trains counts as half a decade below the grid):",
+            "",
+            verdict_table(list(comparisons(args, rows).values())),
             "",
             summary_line(args, rows) + ".",
             "",
@@ -263,36 +358,39 @@ def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> s
 
 
 def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
-    """Test accuracy against learning rate (log scale), one line per network, diverged runs
-    marked ×, dead ones ○; False without matplotlib."""
+    """Test accuracy against learning rate (log scale), mean ± std over the seeds, one line per
+    network, marked × where a seed diverged and ○ where a seed's ReLUs died; False without
+    matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         return False
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    for norm, label in NETS.items():
-        runs = [r for r in rows if r["norm"] == norm]
-        lrs, accuracy = [r["lr"] for r in runs], [r["test_accuracy"] for r in runs]
-        (line,) = ax.plot(lrs, accuracy, ".-", label=label)
+    for i, (norm, label) in enumerate(NETS.items()):
+        runs = [[r for r in rows if (r["norm"], r["lr"]) == (norm, lr)] for lr in args.lrs]
+        accuracy = [[r["test_accuracy"] for r in at_lr] for at_lr in runs]
+        plot_mean_std(ax, args.lrs, accuracy, i, label)
         for key, marker, name in (("diverged", "x", "diverged"), ("relu_dead", "o", "ReLUs dead")):
-            marked = [r for r in runs if r[key]]
+            marked = [j for j, at_lr in enumerate(runs) if any(r[key] for r in at_lr)]
             ax.plot(
-                [r["lr"] for r in marked],
-                [r["test_accuracy"] for r in marked],
+                [args.lrs[j] for j in marked],
+                [np.mean(accuracy[j]) for j in marked],
                 linestyle="none",
                 marker=marker,
-                markersize=10,
-                color=line.get_color(),  # given, so the markers take no colour from the cycle
+                markersize=14 - 4 * i,  # concentric where both networks fail alike
+                color=line_style(i)["color"],  # the line's: none from the cycle
                 markerfacecolor="none",
-                label=f"{label}, {name}" if marked else None,
+                label=f"{label}, {name} (≥ 1 seed)" if marked else None,
             )
-    ax.axhline(TRAINED_ACCURACY, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(TRAINED_ACCURACY[args.dataset], color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
+    seeds = len(seeds_of(rows))
     ax.set(
         xlabel=f"learning rate (SGD, momentum {args.momentum:g})",
         ylabel="test accuracy (inference statistics)",
-        title=f"{args.examples:,} training examples per run, batch {args.batch_size}",
+        title=f"{args.examples:,} training examples per run, batch {args.batch_size}; "
+        f"mean ± std over {seeds} seed{'s' * (seeds > 1)}",
         ylim=(0, 1),
     )
     ax.legend(loc="best", fontsize="small")
@@ -304,24 +402,37 @@ def plot(args: argparse.Namespace, rows: list[dict], path: Path) -> bool:
 def run(args: argparse.Namespace) -> list[dict]:
     train, test, data = load_data(args, min_train=args.batch_size)
     print(f"{settings(args)}; networks {', '.join(NETS.values())}")
-    steps = args.examples // args.batch_size
-    total = len(NETS) * len(args.lrs) * steps * args.batch_size
-    with tqdm(total=total, desc="examples", unit="ex", dynamic_ncols=True) as bar:
-        rows = [train_one(args, norm, lr, train, test, bar) for lr in args.lrs for norm in NETS]
+    examples = len(NETS) * len(args.lrs) * (args.examples // args.batch_size) * args.batch_size
+
+    def run_seed(seed: int) -> list[dict]:
+        with tqdm(total=examples, desc=f"seed {seed}", unit="ex", dynamic_ncols=True) as bar:
+            return [
+                train_one(args, seed, norm, lr, train, test, bar)
+                for lr in args.lrs
+                for norm in NETS
+            ]
+
+    rows = run_seeds(
+        args.seeds, run_seed, lambda r: list(comparisons(args, r).values()), args.more_seeds
+    )
     markdown = summary_markdown(args, rows, data)
     write_outputs(Path(args.out), "lr_sweep", rows, markdown, lambda p: plot(args, rows, p))
     return rows
 
 
 def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
-    """The last line printed: per network, the largest learning rate that trains it and the
-    smallest that diverges it."""
-    found = {norm: trained_and_diverged(rows, norm) for norm in NETS}
+    """The last line printed: per network, the largest learning rate that trains it in each
+    seed, and the verdicts."""
+    threshold, seeds = TRAINED_ACCURACY[args.dataset], seeds_of(rows)
+    largest = {
+        n: ", ".join(text(edges(rows, n, seed, threshold)[0]) for seed in seeds) for n in NETS
+    }
+    verdicts = "; ".join(f"{name}: {c.verdict}" for name, c in comparisons(args, rows).items())
     return (
-        f"largest learning rate that trains (test accuracy >= {TRAINED_ACCURACY:g}): "
-        + ", ".join(f"{NETS[n]} {found[n][0]}" for n in NETS)
-        + "; smallest that diverges: "
-        + ", ".join(f"{NETS[n]} {found[n][1]}" for n in NETS)
+        f"largest learning rate that trains (test accuracy >= {threshold:g}), seeds "
+        f"{', '.join(map(str, seeds))}: "
+        + "; ".join(f"{NETS[n]} {largest[n]}" for n in NETS)
+        + f"; {verdicts}"
     )
 
 

@@ -3,6 +3,7 @@
 import csv
 import ctypes
 import importlib.util
+import re
 import signal
 import sys
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from tinynorm.examples import bn_figure1, brn_noniid, common
 
-from tinynorm.data import MNIST
+from tinynorm.data import MNIST, FashionMNIST
 
 # Offline and the same data on every machine: the bundled mnist-lite, named as the data
 # directory, so that neither a cached full MNIST nor a download is ever used.
@@ -25,40 +26,113 @@ def read_csv(path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+BN_TINY = [*TINY, "--seeds", "0", "1"]  # two seeds: no more are added
+NETS = ("without_bn", "with_bn")
+
+
+def read_rows(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_bn_figure1_quick_path_writes_well_formed_outputs(tmp_path, capsys):
     out = tmp_path / "out"
-    assert bn_figure1.main([*TINY, "--out", str(out)]) == 0
+    assert bn_figure1.main([*BN_TINY, "--out", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
 
-    rows = read_csv(out / "bn_figure1.csv")
-    nets = ("without_bn", "with_bn")
-    assert list(rows[0]) == [
+    curves = read_csv(out / "bn_figure1_curves.csv")
+    assert list(curves[0]) == [
+        "seed",
         "step",
-        *(f"test_accuracy_{k}" for k in nets),
-        *(f"{k}_p{q}" for k in nets for q in (15, 50, 85)),
+        *(f"test_accuracy_{k}" for k in NETS),
+        *(f"{k}_p{q}" for k in NETS for q in (15, 50, 85)),
     ]
-    assert [r["step"] for r in rows] == [0, 20, 40, 60]
-    for row in rows:
-        for k in nets:
+    assert [(r["seed"], r["step"]) for r in curves] == [
+        (seed, step) for seed in (0, 1) for step in (0, 20, 40, 60)
+    ]
+    for row in curves:
+        for k in NETS:
             assert 0 <= row[f"test_accuracy_{k}"] <= 1
             assert row[f"{k}_p15"] <= row[f"{k}_p50"] <= row[f"{k}_p85"]
-    # identical initial weights: the same accuracy before training
-    assert rows[0]["test_accuracy_without_bn"] == rows[0]["test_accuracy_with_bn"]
-    # with BN, the traced sigmoid input is normalized over the batch: median near 0
-    assert abs(rows[0]["with_bn_p50"]) < 0.5 < rows[0]["with_bn_p85"]
+        if row["step"] == 0:  # identical initial weights: the same accuracy before training
+            assert row["test_accuracy_without_bn"] == row["test_accuracy_with_bn"]
+            # with BN, the traced sigmoid input is normalized over the batch: median near 0
+            assert abs(row["with_bn_p50"]) < 0.5 < row["with_bn_p85"]
+    # the seeds differ: other weights, other batches
+    assert curves[1]["test_accuracy_with_bn"] != curves[5]["test_accuracy_with_bn"]
+
+    rows = read_rows(out / "bn_figure1.csv")
+    assert [(r["seed"], r["network"]) for r in rows] == [(s, k) for s in "01" for k in NETS]
+    for row in rows:
+        mine = [c for c in curves if c["seed"] == int(row["seed"])]
+        accuracy = [c[f"test_accuracy_{row['network']}"] for c in mine]
+        median = [c[f"{row['network']}_p50"] for c in mine]
+        assert row["early_step"] == "20"  # the first evaluation at or after a tenth of 60
+        assert float(row["test_accuracy_early"]) == accuracy[1]
+        assert float(row["test_accuracy_final"]) == accuracy[-1]
+        assert float(row["test_accuracy_best"]) == max(accuracy)
+        assert float(row["p50_range"]) == pytest.approx(max(median) - min(median), abs=1e-5)
 
     markdown = (out / "bn_figure1.md").read_text()
     assert "| | without BN | with BN |" in markdown
-    assert "| final test accuracy |" in markdown
+    assert "Seeds 0, 1: mean ± std over the seeds" in markdown
+    assert "Data: MNIST, train 600 of 10,000 images, test 200 of 10,000" in markdown
+    final = {k: [float(r["test_accuracy_final"]) for r in rows if r["network"] == k] for k in NETS}
+    spread = {k: f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" for k, v in final.items()}
+    assert f"| final test accuracy | {spread['without_bn']} | {spread['with_bn']} |" in markdown
+    verdicts = re.findall(r"\| (BN [^|]*) \| ([^|]*) \| (\w[\w ]*) \|\n", markdown)
+    assert [claim.split(":")[0] for claim, _, _ in verdicts] == [
+        "BN trains faster",
+        "BN reaches a higher final accuracy",
+        "BN keeps the input distribution stable",
+        "BN keeps the input distribution stable",
+    ]
+    assert all(word in ("reproduced", "not reproduced", "inconclusive") for *_, word in verdicts)
     figure = {"bn_figure1.png"} if HAVE_MATPLOTLIB else set()
     written = {p.name for p in out.iterdir()}  # no temporary file left behind
-    assert written == {"bn_figure1.csv", "bn_figure1.md", *figure}
+    assert written == {"bn_figure1.csv", "bn_figure1_curves.csv", "bn_figure1.md", *figure}
 
-    final = rows[-1]
+    names = ("faster", "higher final accuracy", "stable median", "stable 15th percentile")
     assert lines[-1] == (
-        f"final test accuracy: without BN {final['test_accuracy_without_bn']:.4f}, "
-        f"with BN {final['test_accuracy_with_bn']:.4f}"
+        f"final test accuracy (mean ± std over 2 seeds): without BN {spread['without_bn']}, "
+        f"with BN {spread['with_bn']}; "
+        + ", ".join(f"{name}: {word}" for name, (*_, word) in zip(names, verdicts))
     )
+
+
+def test_bn_figure1_comparisons_follow_the_rule():
+    def rows(early: list[float], p50_without: list[float]) -> list[dict]:
+        return [
+            {
+                "seed": seed,
+                "network": net,
+                "early_step": 100,
+                "test_accuracy_early": early[seed] + (0.1 if net == "with_bn" else 0),
+                "test_accuracy_final": 0.9,
+                "p50_range": p50_without[seed] if net == "without_bn" else 0.1,
+                "p15_range": 0.3,
+            }
+            for seed in range(3)
+            for net in NETS
+        ]
+
+    claims = bn_figure1.comparisons(rows([0.5, 0.52, 0.54], [3.0, 2.9, 3.1]))
+    assert list(claims) == [
+        "faster",
+        "higher final accuracy",
+        "stable median",
+        "stable 15th percentile",
+    ]
+    assert claims["faster"].claim == "BN trains faster: test accuracy at step 100"
+    assert claims["faster"].gain == pytest.approx(0.1)
+    assert claims["faster"].verdict == "reproduced"  # +0.1, each side's std 0.02
+    assert claims["higher final accuracy"].verdict == "not reproduced"  # equal, no spread
+    assert claims["stable median"].names == ("without BN", "with BN")
+    assert claims["stable median"].gain == pytest.approx(2.9)  # the larger drift is without BN
+    assert claims["stable median"].verdict == "reproduced"
+    assert claims["stable 15th percentile"].verdict == "not reproduced"  # 0 < the effect 0.5
+    wide = bn_figure1.comparisons(rows([0.2, 0.5, 0.8], [3.0, 2.9, 3.1]))["faster"]
+    assert (wide.verdict, wide.needs_more_seeds) == ("inconclusive", True)  # +0.1, std 0.3
 
 
 def test_bn_figure1_without_matplotlib_says_so_and_writes_csv_and_markdown(
@@ -67,25 +141,58 @@ def test_bn_figure1_without_matplotlib_says_so_and_writes_csv_and_markdown(
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     out = tmp_path / "out"
-    assert bn_figure1.main([*TINY, "--steps", "20", "--out", str(out)]) == 0
+    assert bn_figure1.main([*BN_TINY, "--steps", "20", "--out", str(out)]) == 0
     assert common.NO_MATPLOTLIB in capsys.readouterr().out.splitlines()
-    assert (out / "bn_figure1.csv").exists() and (out / "bn_figure1.md").exists()
-    assert not (out / "bn_figure1.png").exists()
+    assert {p.name for p in out.iterdir()} == {
+        "bn_figure1.csv",
+        "bn_figure1_curves.csv",
+        "bn_figure1.md",
+    }
 
 
-def test_bn_figure1_same_seed_same_results(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for out in (a, b):
-        assert bn_figure1.main([*TINY, "--steps", "20", "--out", str(out)]) == 0
-    assert (a / "bn_figure1.csv").read_text() == (b / "bn_figure1.csv").read_text()
+def test_bn_figure1_same_seed_same_results_and_seeds_honoured(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for out, seeds in ((a, ["1"]), (b, ["1"]), (c, ["0", "1"])):
+        argv = [*TINY, "--steps", "20", "--seeds", *seeds, "--out", str(out)]
+        assert bn_figure1.main(argv) == 0
+    for name in ("bn_figure1.csv", "bn_figure1_curves.csv"):
+        assert (a / name).read_text() == (b / name).read_text()
+    assert {r["seed"] for r in read_rows(a / "bn_figure1.csv")} == {"1"}
+    # seed 1 gives the same numbers alone as after seed 0
+    both = [r for r in read_rows(c / "bn_figure1.csv") if r["seed"] == "1"]
+    assert both == read_rows(a / "bn_figure1.csv")
 
 
 def test_bn_figure1_quick_defaults_yield_to_explicit_options():
     quick = bn_figure1.parse_args(["--quick"])
-    assert (quick.steps, quick.eval_every, quick.test_limit) == (2000, 100, 2000)
+    assert (quick.steps, quick.eval_every, quick.test_limit) == (1000, 100, 2000)
+    assert (quick.seeds, quick.more_seeds) == ([0, 1], ())
     assert bn_figure1.parse_args(["--quick", "--steps", "7"]).steps == 7
+    assert bn_figure1.parse_args(["--quick", "--seeds", "5"]).seeds == [5]
     full = bn_figure1.parse_args([])
-    assert (full.steps, full.batch_size, full.train_limit) == (50_000, 60, None)
+    assert (full.steps, full.batch_size, full.train_limit) == (25_000, 60, None)
+    assert (full.seeds, full.more_seeds, full.out) == (
+        [0, 1, 2],
+        (3, 4),
+        "results/bn_figure1/mnist",
+    )
+    fashion = bn_figure1.parse_args(["--dataset", "fashion-mnist", "--seeds", "0", "1", "2"])
+    assert (fashion.more_seeds, fashion.out) == ((), "results/bn_figure1/fashion-mnist")
+
+
+@pytest.mark.skipif(
+    not FashionMNIST.system_dir.is_dir(), reason="no Debian package dataset-fashion-mnist"
+)
+def test_bn_figure1_on_fashion_mnist(tmp_path):
+    out = tmp_path / "out"
+    argv = ["--dataset", "fashion-mnist", "--data-dir", str(FashionMNIST.system_dir)]
+    argv += ["--train-limit", "600", "--test-limit", "200", "--steps", "20", "--seeds", "0"]
+    assert bn_figure1.main([*argv, "--eval-every", "10", "--out", str(out)]) == 0
+    markdown = (out / "bn_figure1.md").read_text()
+    assert "Data: Fashion-MNIST, train 600 of 60,000 images, test 200 of 10,000" in markdown
+    mnist = tmp_path / "mnist"
+    assert bn_figure1.main([*TINY, "--steps", "20", "--seeds", "0", "--out", str(mnist)]) == 0
+    assert read_rows(out / "bn_figure1.csv") != read_rows(mnist / "bn_figure1.csv")
 
 
 def test_bn_figure1_same_initial_weights_with_and_without_bn():
@@ -106,10 +213,14 @@ def test_bn_figure1_bad_input_ends_with_one_line_and_nonzero_exit(tmp_path, caps
         bn_figure1.main(["--steps", "0"])
     assert exit_info.value.code != 0
     assert "--steps and --eval-every must be >= 1" in capsys.readouterr().err
-    assert bn_figure1.main([*TINY, "--data-dir", str(tmp_path / "nowhere")]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        bn_figure1.main(["--seeds", "one"])
+    assert exit_info.value.code == 2
+    assert "argument --seeds: invalid int value: 'one'" in capsys.readouterr().err
+    assert bn_figure1.main([*BN_TINY, "--data-dir", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "nowhere" in err and len(err.splitlines()) == 1
-    assert bn_figure1.main([*TINY, "--train-limit", "30", "--out", str(tmp_path)]) == 1
+    assert bn_figure1.main([*BN_TINY, "--train-limit", "30", "--out", str(tmp_path)]) == 1
     assert "fewer than one batch" in capsys.readouterr().err
 
 
