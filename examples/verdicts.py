@@ -78,7 +78,7 @@ class Comparison:
         return (
             f"{self.names[0]} {mean_std(self.better, d)}, {self.names[1]} "
             f"{mean_std(self.worse, d)}; gain {self.gain:+.{d}f} (noise {self.noise:.{d}f}, "
-            f"effect {self.effect:g}), {self.seeds} seeds"
+            f"effect {self.effect:g}), {self.seeds} seed{'s' if self.seeds != 1 else ''}"
         )
 
     def line(self) -> str:
