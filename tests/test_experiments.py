@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from tinynorm.examples import bn_figure1, brn_noniid, common
+from tinynorm.examples.verdicts import Comparison, mean_std, verdict_table
 
 from tinynorm.data import MNIST, FashionMNIST
 
@@ -224,14 +225,20 @@ def test_bn_figure1_bad_input_ends_with_one_line_and_nonzero_exit(tmp_path, caps
     assert "fewer than one batch" in capsys.readouterr().err
 
 
-# ---- batch renormalization (seed 000): small batches and non-i.i.d. batches --------------------
+# ---- batch renormalization with non-i.i.d. batches (seed 000) ---------------------------------
 TINY_DATA = ["--data-dir", MNIST_LITE, "--train-limit", "400", "--test-limit", "200"]
 TINY_NONIID = [*TINY_DATA, "--steps", "20", "--eval-every", "10", "--width", "4"]
-TINY_NONIID += ["--batch-size", "16"]
+TINY_NONIID += ["--batch-size", "16", "--seeds", "0", "1"]  # explicit seeds: none are added
+MODELS = ("bn", "brn", "bn_iid")
 
 
 def written_files(out) -> set[str]:
     return {p.name for p in out.iterdir()}
+
+
+def noniid_final(rows: list[dict], step: int = 20) -> dict[str, list[float]]:
+    """Each model's final test accuracies, one per seed, from the CSV rows."""
+    return {k: [r[f"test_accuracy_{k}"] for r in rows if r["step"] == step] for k in MODELS}
 
 
 def test_brn_noniid_quick_path_writes_well_formed_outputs(tmp_path, capsys):
@@ -240,26 +247,93 @@ def test_brn_noniid_quick_path_writes_well_formed_outputs(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
 
     rows = read_csv(out / "brn_noniid.csv")
-    models = ("bn", "brn", "bn_iid")
-    assert list(rows[0]) == ["step", *(f"test_accuracy_{k}" for k in models)]
-    assert [r["step"] for r in rows] == [0, 10, 20]
+    assert list(rows[0]) == ["seed", "step", *(f"test_accuracy_{k}" for k in MODELS)]
+    assert [(r["seed"], r["step"]) for r in rows] == [(s, t) for s in (0, 1) for t in (0, 10, 20)]
     for row in rows:
-        assert all(0 <= row[f"test_accuracy_{k}"] <= 1 for k in models)
-    # the same initial weights, and BN and BRN agree before training (eval with μ = 0, σ = 1)
-    assert len({rows[0][f"test_accuracy_{k}"] for k in models}) == 1
+        assert all(0 <= row[f"test_accuracy_{k}"] <= 1 for k in MODELS)
+        if row["step"] == 0:  # one seed's weights for the three; BN = BRN in eval before training
+            assert len({row[f"test_accuracy_{k}"] for k in MODELS}) == 1
+    assert rows[:3] != [{**r, "seed": 0.0} for r in rows[3:]]  # another seed, another run
 
+    final = noniid_final(rows)
     markdown = (out / "brn_noniid.md").read_text()
     assert "| model | batches | final test accuracy | best test accuracy |" in markdown
-    assert "| BRN | 2 per batch |" in markdown and "| BN | i.i.d. |" in markdown
+    assert f"| BRN | 2 per batch | {mean_std(final['brn'])} |" in markdown
+    assert f"| BN | i.i.d. | {mean_std(final['bn_iid'])} |" in markdown
+    assert "seeds 0, 1. Data: MNIST, train 400 of 10,000 images" in markdown
+    beats = Comparison(
+        "BRN beats BN on non-i.i.d. batches", final["brn"], final["bn"], 0.01, ("BRN", "BN")
+    )
+    gap = Comparison(
+        "BRN does not close the whole gap to BN on i.i.d. batches",
+        final["bn_iid"],
+        final["brn"],
+        0.01,
+        ("BN i.i.d.", "BRN"),
+    )
+    assert verdict_table([beats, gap]) in markdown
     figure = {"brn_noniid.png"} if HAVE_MATPLOTLIB else set()
     assert written_files(out) == {"brn_noniid.csv", "brn_noniid.md", *figure}
 
-    final = rows[-1]
     assert last == (
-        "final test accuracy (inference statistics), 2 classes per batch: "
-        f"BN {final['test_accuracy_bn']:.4f}, BRN {final['test_accuracy_brn']:.4f}; "
-        f"BN on i.i.d. batches {final['test_accuracy_bn_iid']:.4f}"
+        "final test accuracy (inference statistics, mean ± std over 2 seeds), 2 classes per "
+        f"batch: BN {mean_std(final['bn'])}, BRN {mean_std(final['brn'])}; BN on i.i.d. "
+        f"batches {mean_std(final['bn_iid'])}; BRN beats BN: {beats.verdict}"
     )
+
+
+def test_brn_noniid_claims_follow_the_rule():
+    def rows(bn, brn, iid) -> list[dict]:
+        untrained = [{"seed": s, "step": 0, **dict.fromkeys(final_keys, 0.1)} for s in range(3)]
+        return untrained + [
+            {"seed": s, "step": 100, **dict(zip(final_keys, accuracies))}
+            for s, accuracies in enumerate(zip(bn, brn, iid))
+        ]
+
+    final_keys = [f"test_accuracy_{k}" for k in MODELS]
+    bn, brn = [0.90, 0.91, 0.92], [0.970, 0.975, 0.980]
+    beats, gap = brn_noniid.comparisons(rows(bn, brn, [0.990, 0.991, 0.992]))
+    assert (beats.better, beats.worse, gap.better) == (brn, bn, [0.990, 0.991, 0.992])
+    assert (beats.verdict, gap.verdict) == ("reproduced", "reproduced")  # 0.016 > 0.006
+    # BRN within a point of BN on i.i.d. batches, and the spread says so: gap not reproduced
+    _, gap = brn_noniid.comparisons(rows(bn, brn, [0.976, 0.977, 0.978]))
+    assert gap.verdict == "not reproduced" and gap.needs_more_seeds
+    # a gain of 0.005 within a spread of 0.025: inconclusive
+    beats, _ = brn_noniid.comparisons(rows([0.95, 0.97, 0.99], [0.96, 0.975, 0.99], brn))
+    assert beats.verdict == "inconclusive"
+
+
+def test_brn_noniid_adds_seeds_where_a_claim_needs_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "SEEDS", (0, 1))  # the defaults, made small
+    monkeypatch.setattr(common, "MORE_SEEDS", (2,))
+    argv = [*TINY_NONIID[: TINY_NONIID.index("--seeds")], "--steps", "10"]
+    close = Comparison("close", [0.5, 0.6], [0.55, 0.6], 0.01)  # needs more seeds
+    monkeypatch.setattr(brn_noniid, "comparisons", lambda rows: [close])
+    assert brn_noniid.main([*argv, "--out", str(tmp_path)]) == 0
+    assert {r["seed"] for r in read_csv(tmp_path / "brn_noniid.csv")} == {0, 1, 2}
+    far = Comparison("far", [0.9, 0.91], [0.1, 0.11], 0.01)
+    monkeypatch.setattr(brn_noniid, "comparisons", lambda rows: [far])
+    assert brn_noniid.main([*argv, "--out", str(tmp_path)]) == 0
+    assert {r["seed"] for r in read_csv(tmp_path / "brn_noniid.csv")} == {0, 1}
+
+
+def test_brn_noniid_same_seed_same_results_whatever_the_other_seeds(tmp_path):
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    assert brn_noniid.main([*TINY_NONIID, "--out", str(both)]) == 0
+    assert brn_noniid.main([*TINY_NONIID, "--seeds", "1", "--out", str(alone)]) == 0
+    seed_1 = [r for r in read_csv(both / "brn_noniid.csv") if r["seed"] == 1]
+    assert read_csv(alone / "brn_noniid.csv") == seed_1
+
+
+@pytest.mark.skipif(
+    not FashionMNIST.system_dir.is_dir(), reason="no Debian package dataset-fashion-mnist"
+)
+def test_brn_noniid_on_fashion_mnist(tmp_path, capsys):
+    argv = [*TINY_NONIID, "--dataset", "fashion-mnist", "--data-dir", str(FashionMNIST.system_dir)]
+    assert brn_noniid.main([*argv, "--seeds", "0", "--out", str(tmp_path)]) == 0
+    markdown = (tmp_path / "brn_noniid.md").read_text()
+    assert "Data: Fashion-MNIST, train 400 of 60,000 images" in markdown
+    assert "over 1 seed), 2 classes per batch: BN 0." in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -275,11 +349,29 @@ def test_brn_experiments_without_matplotlib_say_so(module, argv, tmp_path, capsy
     assert {p.suffix for p in out.iterdir()} == {".csv", ".md"}
 
 
-def test_brn_experiments_quick_defaults_yield_to_explicit_options():
+def test_brn_noniid_defaults_yield_to_explicit_options():
     quick = brn_noniid.parse_args(["--quick"])
-    assert (quick.steps, quick.classes_per_batch, quick.out) == (600, 2, "results/brn_noniid")
+    assert (quick.steps, quick.eval_every, quick.width, quick.test_limit) == (300, 50, 8, 1_000)
+    assert (quick.seeds, quick.more_seeds, quick.out) == ([0, 1], (), "results/brn_noniid/mnist")
     assert brn_noniid.parse_args(["--quick", "--classes-per-batch", "1"]).classes_per_batch == 1
-    assert brn_noniid.parse_args([]).test_limit is None
+    assert brn_noniid.parse_args(["--quick", "--seeds", "5"]).seeds == [5]
+    full = brn_noniid.parse_args(["--dataset", "fashion-mnist"])
+    assert (full.steps, full.width, full.test_limit, full.classes_per_batch) == (2000, 16, None, 2)
+    assert (full.seeds, full.more_seeds) == ([0, 1, 2], (3, 4))
+    assert full.out == "results/brn_noniid/fashion-mnist"
+    assert brn_noniid.parse_args(["--seeds", "0", "1", "2"]).more_seeds == ()
+
+
+def test_brn_noniid_bad_input_ends_with_one_line_and_nonzero_exit(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        brn_noniid.main(["--batch-size", "3"])
+    assert exit_info.value.code == 2
+    assert "--batch-size must be at least 2 examples per class" in capsys.readouterr().err
+    assert brn_noniid.main([*TINY_NONIID, "--data-dir", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nowhere" in err and len(err.splitlines()) == 1
+    assert brn_noniid.main([*TINY_NONIID, "--train-limit", "10", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("error: 10 training images are fewer than one")
 
 
 @pytest.mark.parametrize("experiment", [bn_figure1, brn_noniid], ids=lambda m: m.__name__)
