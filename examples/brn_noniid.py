@@ -34,7 +34,7 @@ rule (gain = mean(A) − mean(B), noise = std(A) + std(B), effect 0.01, one poin
 
 Batch renorm's limits are constant from the first step (rmax 3, dmax 5, the paper's final
 values): `build_model("brn", 0)`, the main job's schedule scaled to zero steps. The scaled
-schedule of `brn_small_batch` starts with an eighth of the run as plain batch norm, which here
+schedule of `small_batch` starts with an eighth of the run as plain batch norm, which here
 is exactly the failure under test; measured (600 steps, width 8, k = 2, 1,000 test images),
 with it BRN collapsed like BN (0.085 both), with constant limits it held (0.934; k = 1: 0.804).
 The running averages that the corrections aim at settle within a few dozen steps (momentum 0.1).
