@@ -117,6 +117,13 @@ def curve(losses: list[float]) -> list[float]:
     return [float(np.mean(w)) for w in np.array_split(np.array(losses), min(WINDOWS, len(losses)))]
 
 
+def diverged(rows: list[dict], norm: str, b: int) -> str:
+    """' (k of n diverged)' where k of the norm's n runs at batch b ended on a non-finite
+    loss, else ''."""
+    flags = per_seed(rows, "diverged", norm=norm, batch_size=b)
+    return f" ({int(sum(flags))} of {len(flags)} diverged)" if any(flags) else ""
+
+
 def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> str:
     """The settings; per batch size a table of each norm's numbers (mean ± std over the
     seeds); the verdicts."""
@@ -139,7 +146,7 @@ def summary_markdown(args: argparse.Namespace, rows: list[dict], data: str) -> s
                 [
                     norm,
                     cell(norm, "test_accuracy_quarter"),
-                    cell(norm, "test_accuracy"),
+                    cell(norm, "test_accuracy") + diverged(rows, norm, b),
                     cell(norm, "final_train_loss"),
                     cell(norm, "ms_per_step", 2),
                 ]
