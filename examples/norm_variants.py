@@ -58,7 +58,7 @@ from .common import (
 from .designs import FC_NORMS
 from .mnist import NORMS
 from .small_batch import REFERENCE_BATCH, add_run_options, finish_args, train_one, warm_up
-from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table
+from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table, verdicts_line
 
 EFFECT = 0.01  # one point of test accuracy
 WINDOWS = 50  # points of each run's training-loss curve
@@ -241,8 +241,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
     """The last line printed: every verdict with its gain."""
-    found = comparisons(args, rows)
-    return "; ".join(f"{c.claim}: {c.gain:+.4f} ({c.verdict})" for c in found) or "no verdict"
+    return verdicts_line(comparisons(args, rows))
 
 
 def main(argv: list[str] | None = None) -> int:

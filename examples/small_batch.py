@@ -69,7 +69,7 @@ from .common import (
     write_outputs,
 )
 from .designs import DESIGN_NORMS, DESIGNS
-from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table
+from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table, verdicts_line
 
 REFERENCE_BATCH = 64  # the batch size at which the learning rate is --lr
 EFFECT = 0.01  # one point of test accuracy: the smallest difference the claims mean
@@ -331,8 +331,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
     """The last line printed: every verdict with its gain."""
-    found = comparisons(args, rows)
-    return "; ".join(f"{c.claim}: {c.gain:+.4f} ({c.verdict})" for c in found) or "no verdict"
+    return verdicts_line(comparisons(args, rows))
 
 
 def main(argv: list[str] | None = None) -> int:

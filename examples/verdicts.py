@@ -106,6 +106,12 @@ def per_seed(rows: list[dict], key: str, **match) -> list[float]:
     return [float(r[key]) for r in sorted(chosen, key=lambda r: r["seed"])]
 
 
+def verdicts_line(comparisons: list[Comparison]) -> str:
+    """Every claim with its gain and verdict, in one line (an experiment's last line)."""
+    found = (f"{c.claim}: {c.gain:+.4f} ({c.verdict})" for c in comparisons)
+    return "; ".join(found) or "no verdict"
+
+
 def verdict_table(comparisons: list[Comparison]) -> str:
     """A Markdown table: claim | numbers | verdict."""
     lines = ["| claim | numbers (mean ± std over the seeds) | verdict |", "|---|---|---|"]
