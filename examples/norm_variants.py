@@ -58,7 +58,15 @@ from .common import (
 from .designs import FC_NORMS
 from .mnist import NORMS
 from .small_batch import REFERENCE_BATCH, add_run_options, finish_args, train_one, warm_up
-from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table, verdicts_line
+from .verdicts import (
+    Comparison,
+    mean_std,
+    per_seed,
+    run_seeds,
+    sample_std,
+    verdict_table,
+    verdicts_line,
+)
 
 EFFECT = 0.01  # one point of test accuracy
 WINDOWS = 50  # points of each run's training-loss curve
@@ -183,7 +191,7 @@ def plot(args: argparse.Namespace, rows: list[dict], curves: list[dict], path: P
             accuracy_ax.errorbar(
                 x,
                 np.mean(values),
-                yerr=np.std(values, ddof=1) if len(values) > 1 else 0,
+                yerr=sample_std(values),
                 marker=style["marker"],
                 color=style["color"],
                 markerfacecolor=fill,
