@@ -36,8 +36,9 @@ from .norms import (
     switchable_norm,
 )
 from .pool import avg_pool2d, max_pool2d
+from .recurrent import gru_cell, lstm_cell_state, lstm_hidden
 from .reduce import max, mean, sum
-from .shape import cat, flatten, getitem, permute, reshape
+from .shape import cat, flatten, getitem, permute, reshape, stack
 from .softmax import cross_entropy, log_softmax, softmax
 
 __all__ = [
@@ -60,11 +61,14 @@ __all__ = [
     "flatten",
     "getitem",
     "group_norm",
+    "gru_cell",
     "instance_norm",
     "layer_norm",
     "linear",
     "log",
     "log_softmax",
+    "lstm_cell_state",
+    "lstm_hidden",
     "matmul",
     "max",
     "max_pool2d",
@@ -81,6 +85,7 @@ __all__ = [
     "sigmoid",
     "softmax",
     "sqrt",
+    "stack",
     "sub",
     "sum",
     "switchable_norm",

@@ -144,12 +144,16 @@ class ReLU(Function):
         return kernels.relu_backward(grad, self.y)
 
 
+def logistic(x):
+    """σ(x) = 1 / (1 + e^-x) of an array, in the overflow-free form (tanh(x/2) + 1) / 2."""
+    return 0.5 * (backend.get_array_module(x).tanh(0.5 * x) + 1)
+
+
 class Sigmoid(Function):
     """y = 1 / (1 + e^-x); dy/dx = y (1 - y)."""
 
     def forward(self, x):
-        xp = backend.get_array_module(x)
-        self.y = 0.5 * (xp.tanh(0.5 * x) + 1)  # overflow-free form of 1 / (1 + exp(-x))
+        self.y = logistic(x)
         return self.y
 
     def backward(self, grad):

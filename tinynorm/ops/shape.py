@@ -122,3 +122,14 @@ def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     ):
         raise ValueError(f"cat along dim {dim}: shapes {shapes} differ outside that dim")
     return Cat.apply(*tensors, dim=dim)
+
+
+def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
+    """Join same-shaped tensors along a new dimension (PyTorch's `torch.stack`)."""
+    if not tensors:
+        raise ValueError("stack() needs at least one tensor")
+    shape = tuple(tensors[0].shape)
+    if any(tuple(t.shape) != shape for t in tensors):
+        raise ValueError(f"stack: shapes {[tuple(t.shape) for t in tensors]} differ")
+    dim = dim % (len(shape) + 1)
+    return cat([reshape(t, shape[:dim] + (1,) + shape[dim:]) for t in tensors], dim)
