@@ -59,7 +59,7 @@ def reference_rnn_base(module, x, h0, c0=None):
             elif module.mode == "GRU":
                 h = gru_update(gi, gh, h)
             else:
-                h = np.tanh(gi + gh) if module.mode == "RNN_TANH" else np.maximum(gi + gh, 0)
+                h = np.tanh(gi + gh) if module.nonlinearity == "tanh" else np.maximum(gi + gh, 0)
             outs.append(h)
         x = np.stack(outs)
         finals_h.append(h)

@@ -22,7 +22,7 @@ from ..tensor import Tensor
 from .container import ModuleList
 from .module import Parameter
 from .normalization import LayerNorm
-from .recurrent import Cell, Recurrent, State, _register_weights, reset_uniform
+from .recurrent import Cell, Recurrent, State
 from .step_norms import StepBatchLayerNorm, StepBatchNorm1d
 
 
@@ -30,12 +30,10 @@ class LayerNormLSTMCell(Cell):
     """LSTM cell with layer norm on W_ih x, W_hh h (4H each) and on c' (H); bias=False drops
     the three norms' β. eps: the norms' ε."""
 
-    states = 2
+    gates, states, biased_weights = 4, 2, False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, eps: float = 1e-5):
         super().__init__(input_size, hidden_size, bias)
-        _register_weights(self, "", (4, input_size, hidden_size), False)
-        reset_uniform(self, hidden_size)
         self.ln_ih = LayerNorm(4 * hidden_size, eps, bias=bias)
         self.ln_hh = LayerNorm(4 * hidden_size, eps, bias=bias)
         self.ln_c = LayerNorm(hidden_size, eps, bias=bias)
@@ -53,10 +51,10 @@ class LayerNormGRUCell(Cell):
     """GRU cell with layer norm on W_ih x and W_hh h (3H each); their β take the biases'
     places (b_hn stays inside r·(...), as in PyTorch's GRU)."""
 
+    gates, biased_weights = 3, False
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, eps: float = 1e-5):
         super().__init__(input_size, hidden_size, bias)
-        _register_weights(self, "", (3, input_size, hidden_size), False)
-        reset_uniform(self, hidden_size)
         self.ln_ih = LayerNorm(3 * hidden_size, eps, bias=bias)
         self.ln_hh = LayerNorm(3 * hidden_size, eps, bias=bias)
 
@@ -71,7 +69,7 @@ class BatchNormLSTMCell(Cell):
     c'; `max_steps` rows of running estimates (steps beyond reuse the last), `momentum` as in
     BatchNorm1d. The time step is `forward`'s `time_step` (a sequence module passes t)."""
 
-    states = 2
+    gates, states, biased_weights = 4, 2, False
     norm = StepBatchNorm1d
     weight_init = 0.1
 
@@ -84,8 +82,6 @@ class BatchNormLSTMCell(Cell):
         momentum: float | None = 0.1,
     ):
         super().__init__(input_size, hidden_size, bias)
-        _register_weights(self, "", (4, input_size, hidden_size), False)
-        reset_uniform(self, hidden_size)
         gate_bias = Parameter(np.zeros(4 * hidden_size, np.float32)) if bias else None
         self.register_parameter("bias_ih", gate_bias)
         common = dict(max_steps=max_steps, momentum=momentum, weight_init=self.weight_init)
@@ -113,26 +109,17 @@ class BatchLayerNormLSTMCell(BatchNormLSTMCell):
 
 
 class _CellStack(Recurrent):
-    """`num_layers` cells of type `cell`, layer k reading layer k-1's outputs; the keyword
-    arguments after `dropout` go to each cell. state_dict keys: layers.{k}.<the cell's>."""
+    """`num_layers` cells of type `cell`, layer k reading layer k-1's outputs: the arguments of
+    `Recurrent` (input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0), then keywords for each cell. state_dict keys: layers.{k}.<the cell's>."""
 
     cell: type[Cell]
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        **cell_args,
-    ):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout)
+    def build(self, **cell_args) -> None:
         self.states = self.cell.states
+        sizes = [self.input_size] + [self.hidden_size] * (self.num_layers - 1)
         self.layers = ModuleList(
-            self.cell(input_size if k == 0 else hidden_size, hidden_size, bias, **cell_args)
-            for k in range(num_layers)
+            self.cell(n, self.hidden_size, self.bias, **cell_args) for n in sizes
         )
 
     def layer_step(self, k: int, x: Tensor, state: State, t: int) -> State:

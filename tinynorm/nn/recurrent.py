@@ -48,7 +48,13 @@ def gru_step(x, state, w_ih, w_hh, b_ih, b_hh) -> State:
     return (ops.gru_cell(ops.linear(x, w_ih, b_ih), ops.linear(h, w_hh, b_hh), h),)
 
 
-MODES = {"RNN_TANH": (1, 1), "RNN_RELU": (1, 1), "LSTM": (4, 2), "GRU": (3, 1)}  # gates, states
+MODES = {"RNN": (1, 1), "LSTM": (4, 2), "GRU": (3, 1)}  # gates, states
+
+
+def _check_nonlinearity(name: str, nonlinearity: str) -> str:
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"{name}: unknown nonlinearity {nonlinearity!r} (tanh or relu)")
+    return nonlinearity
 
 
 def _check_sizes(name: str, input_size: int, hidden_size: int) -> None:
@@ -100,16 +106,28 @@ def _check_state(name: str, given, shape: tuple[int, ...], states: int) -> State
 
 
 class Cell(Module):
-    """One recurrent step on (N, input_size) or unbatched (input_size,) input. Subclasses
-    set `states` (1, or 2 for an LSTM's (h, c)) and define `step(x, state, t) -> state`;
-    `t`, the time step, matters only to cells with per-step statistics."""
+    """One recurrent step on (N, input_size) or unbatched (input_size,) input. Subclasses set
+    `gates` (G), `states` (1, or 2 for an LSTM's (h, c)) and define `step(x, state, t) ->
+    state`; `t`, the time step, matters only to cells with per-step statistics. The base
+    registers weight_ih (G·H, in), weight_hh (G·H, H) and, where `bias` and `biased_weights`,
+    bias_ih and bias_hh (G·H,) (else None), all ~ U(±1/√H); normalized cells, whose norms
+    carry the biases, set `biased_weights = False`."""
 
+    gates = 1
     states = 1
+    biased_weights = True
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
         super().__init__()
         _check_sizes(type(self).__name__, input_size, hidden_size)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        sizes = (self.gates, input_size, hidden_size)
+        _register_weights(self, "", sizes, bias and self.biased_weights)
+        reset_uniform(self, hidden_size)
+
+    def weights(self) -> tuple:
+        """(weight_ih, weight_hh, bias_ih, bias_hh), the biases None when absent."""
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
 
     def step(self, x: Tensor, state: State, t: int) -> State:
         raise NotImplementedError
@@ -146,41 +164,28 @@ class RNNCell(Cell):
         self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh"
     ):
         super().__init__(input_size, hidden_size, bias)
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"RNNCell: unknown nonlinearity {nonlinearity!r} (tanh or relu)")
-        self.nonlinearity = nonlinearity
-        _register_weights(self, "", (1, input_size, hidden_size), bias)
-        reset_uniform(self, hidden_size)
+        self.nonlinearity = _check_nonlinearity("RNNCell", nonlinearity)
 
     def step(self, x: Tensor, state: State, t: int) -> State:
-        w = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        return rnn_step(x, state, *w, self.nonlinearity)
+        return rnn_step(x, state, *self.weights(), self.nonlinearity)
 
 
 class LSTMCell(Cell):
     """c' = σ(f)c + σ(i)tanh(g), h' = σ(o)tanh(c'); [i, f, g, o] = W_ih x + b_ih + W_hh h + b_hh."""
 
-    states = 2
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
-        super().__init__(input_size, hidden_size, bias)
-        _register_weights(self, "", (4, input_size, hidden_size), bias)
-        reset_uniform(self, hidden_size)
+    gates, states = 4, 2
 
     def step(self, x: Tensor, state: State, t: int) -> State:
-        return lstm_step(x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return lstm_step(x, state, *self.weights())
 
 
 class GRUCell(Cell):
     """h' = (1 - z)n + z·h, n = tanh(W_in x + b_in + r·(W_hn h + b_hn)), r and z sigmoid gates."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
-        super().__init__(input_size, hidden_size, bias)
-        _register_weights(self, "", (3, input_size, hidden_size), bias)
-        reset_uniform(self, hidden_size)
+    gates = 3
 
     def step(self, x: Tensor, state: State, t: int) -> State:
-        return gru_step(x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return gru_step(x, state, *self.weights())
 
 
 class Recurrent(Module):
@@ -188,7 +193,9 @@ class Recurrent(Module):
     batch_first, or unbatched (T, input_size); layer k > 0 reads layer k-1's outputs, through
     dropout with probability `dropout` in training. Returns output (T, N, H) (the last layer's
     h at every step; (N, T, H) with batch_first) and the final state h_n (num_layers, N, H), or
-    (h_n, c_n) for an LSTM. Subclasses set `states` and define `layer_step(k, x, state, t)`."""
+    (h_n, c_n) for an LSTM. Subclasses set `states` and define `build(**layer_args)`, which
+    makes the layers from the keyword arguments after `dropout`, and `layer_step(k, x, state,
+    t)`."""
 
     states = 1
 
@@ -200,6 +207,7 @@ class Recurrent(Module):
         bias: bool = True,
         batch_first: bool = False,
         dropout: float = 0.0,
+        **layer_args,
     ):
         super().__init__()
         name = type(self).__name__
@@ -210,6 +218,10 @@ class Recurrent(Module):
             raise ValueError(f"{name}: dropout must be in [0, 1], got {dropout}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
+        self.build(**layer_args)
+
+    def build(self, **layer_args) -> None:
+        raise NotImplementedError
 
     def layer_step(self, k: int, x: Tensor, state: State, t: int) -> State:
         raise NotImplementedError
@@ -273,26 +285,19 @@ class Recurrent(Module):
 
 
 class RNNBase(Recurrent):
-    """PyTorch's multi-layer RNN/LSTM/GRU: layer k's weights are weight_ih_l{k} (G·H, in_k),
-    weight_hh_l{k} (G·H, H), bias_ih_l{k} and bias_hh_l{k} (G·H,), all ~ U(±1/√H)."""
+    """PyTorch's multi-layer RNN/LSTM/GRU (`mode`): layer k's weights are weight_ih_l{k}
+    (G·H, in_k), weight_hh_l{k} (G·H, H), bias_ih_l{k} and bias_hh_l{k} (G·H,), all
+    ~ U(±1/√H). Arguments: input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, as in `Recurrent`."""
 
-    def __init__(
-        self,
-        mode: str,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-    ):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout)
-        gates, self.states = MODES[mode]
-        self.mode = mode
-        for k in range(num_layers):
-            sizes = (gates, input_size if k == 0 else hidden_size, hidden_size)
-            _register_weights(self, f"_l{k}", sizes, bias)
-        reset_uniform(self, hidden_size)
+    mode: str
+
+    def build(self) -> None:
+        gates, self.states = MODES[self.mode]
+        for k in range(self.num_layers):
+            sizes = (gates, self.input_size if k == 0 else self.hidden_size, self.hidden_size)
+            _register_weights(self, f"_l{k}", sizes, self.bias)
+        reset_uniform(self, self.hidden_size)
 
     def layer_step(self, k: int, x: Tensor, state: State, t: int) -> State:
         w = [getattr(self, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -300,11 +305,13 @@ class RNNBase(Recurrent):
             return lstm_step(x, state, *w)
         if self.mode == "GRU":
             return gru_step(x, state, *w)
-        return rnn_step(x, state, *w, "tanh" if self.mode == "RNN_TANH" else "relu")
+        return rnn_step(x, state, *w, self.nonlinearity)
 
 
 class RNN(RNNBase):
     """Elman RNN, h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) (or relu), per layer."""
+
+    mode = "RNN"
 
     def __init__(
         self,
@@ -316,38 +323,28 @@ class RNN(RNNBase):
         batch_first: bool = False,
         dropout: float = 0.0,
     ):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"RNN: unknown nonlinearity {nonlinearity!r} (tanh or relu)")
-        mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
-        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout)
-        self.nonlinearity = nonlinearity
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            nonlinearity=nonlinearity,
+        )
+
+    def build(self, nonlinearity: str) -> None:
+        self.nonlinearity = _check_nonlinearity("RNN", nonlinearity)
+        super().build()
 
 
 class LSTM(RNNBase):
     """Long short-term memory, gates [i, f, g, o]; returns output, (h_n, c_n)."""
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-    ):
-        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout)
+    mode = "LSTM"
 
 
 class GRU(RNNBase):
     """Gated recurrent unit, gates [r, z, n]; returns output, h_n."""
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-    ):
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout)
+    mode = "GRU"

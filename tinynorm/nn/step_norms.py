@@ -17,13 +17,15 @@ from .module import Module, Parameter
 
 class _StepNorm(Module):
     """γ (F,) filled with `weight_init`, β (F,) zeros or None; running_mean (max_steps, F) zeros,
-    running_var ones, num_batches_tracked (max_steps,)."""
+    running_var ones, num_batches_tracked (max_steps,). eps=None: the variant's `default_eps`."""
+
+    default_eps: float
 
     def __init__(
         self,
         num_features: int,
         max_steps: int,
-        eps: float,
+        eps: float | None = None,
         momentum: float | None = 0.1,
         weight_init: float = 1.0,
         bias: bool = True,
@@ -34,7 +36,8 @@ class _StepNorm(Module):
                 f"{type(self).__name__}: max_steps must be at least 1, got {max_steps}"
             )
         self.num_features, self.max_steps = num_features, max_steps
-        self.eps, self.momentum = eps, momentum
+        self.eps = self.default_eps if eps is None else eps
+        self.momentum = momentum
         self.weight = Parameter(np.full(num_features, weight_init, np.float32))
         self.register_parameter(
             "bias", Parameter(np.zeros(num_features, np.float32)) if bias else None
