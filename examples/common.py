@@ -24,7 +24,7 @@ from tinynorm import nn
 from tinynorm.data import MNIST, DataLoader, FashionMNIST, IDXError
 from tinynorm.files import atomic_write
 
-from .verdicts import MORE_SEEDS, SEEDS, sample_std
+from .verdicts import MORE_SEEDS, SEEDS, sample_std, verdicts_line
 
 Data = tuple[np.ndarray, np.ndarray]  # images (N, ...) float32, labels (N,) int64
 DATASETS = ("mnist", "fashion-mnist")
@@ -358,6 +358,14 @@ def run_experiment(
         return 1
     print(summary(args, result))
     return 0
+
+
+def run_verdicts(argv, parse_args: Callable, run: Callable, comparisons: Callable) -> int:
+    """`run_experiment` for a program whose last line is its verdicts in one line:
+    `verdicts_line(comparisons(args, rows))` of the rows `run` returns."""
+    return run_experiment(
+        argv, parse_args, run, lambda args, rows: verdicts_line(comparisons(args, rows))
+    )
 
 
 # Thirteen lines that stay apart by colour, marker and dash: one per norm setting.

@@ -51,7 +51,7 @@ from .common import (
     markdown_table,
     parse_experiment,
     plot_band,
-    run_experiment,
+    run_verdicts,
     write_csv,
     write_outputs,
 )
@@ -65,7 +65,6 @@ from .verdicts import (
     run_seeds,
     sample_std,
     verdict_table,
-    verdicts_line,
 )
 
 EFFECT = 0.01  # one point of test accuracy
@@ -247,13 +246,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
-    """The last line printed: every verdict with its gain."""
-    return verdicts_line(comparisons(args, rows))
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run_experiment(argv, parse_args, run, summary_line)
+    return run_verdicts(argv, parse_args, run, comparisons)
 
 
 if __name__ == "__main__":

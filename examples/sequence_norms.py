@@ -61,13 +61,13 @@ from .common import (
     parse_experiment,
     plot_band,
     positive_int,
-    run_experiment,
+    run_verdicts,
     train_step,
     write_csv,
     write_outputs,
 )
 from .small_batch import name_list
-from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table, verdicts_line
+from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table
 
 SIDE = 28  # steps per sequence and pixels per step
 MODELS = {
@@ -300,13 +300,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
-    """The last line printed: every verdict with its gain."""
-    return verdicts_line(comparisons(args, rows))
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run_experiment(argv, parse_args, run, summary_line)
+    return run_verdicts(argv, parse_args, run, comparisons)
 
 
 if __name__ == "__main__":

@@ -64,12 +64,12 @@ from .common import (
     parse_experiment,
     plot_mean_std,
     positive_int,
-    run_experiment,
+    run_verdicts,
     train_step,
     write_outputs,
 )
 from .designs import DESIGN_NORMS, DESIGNS
-from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table, verdicts_line
+from .verdicts import Comparison, mean_std, per_seed, run_seeds, verdict_table
 
 REFERENCE_BATCH = 64  # the batch size at which the learning rate is --lr
 EFFECT = 0.01  # one point of test accuracy: the smallest difference the claims mean
@@ -329,13 +329,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def summary_line(args: argparse.Namespace, rows: list[dict]) -> str:
-    """The last line printed: every verdict with its gain."""
-    return verdicts_line(comparisons(args, rows))
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run_experiment(argv, parse_args, run, summary_line)
+    return run_verdicts(argv, parse_args, run, comparisons)
 
 
 if __name__ == "__main__":
