@@ -228,19 +228,14 @@ class Recurrent(Module):
 
     def _initial(self, hx, x: Tensor, batched: bool) -> list[State]:
         """Each layer's initial state from hx (zeros when None), as (N, H) tensors."""
-        n, layers, shape = (
-            x.shape[1],
-            self.num_layers,
-            (self.num_layers, x.shape[1], self.hidden_size),
-        )
+        n, hidden = x.shape[1], self.hidden_size
         if hx is None:
-            return [tuple(_zeros(x, shape[1:]) for _ in range(self.states))] * layers
-        given = _check_state(
-            type(self).__name__, hx, shape if batched else (layers, shape[2]), self.states
-        )
+            return [tuple(_zeros(x, (n, hidden)) for _ in range(self.states))] * self.num_layers
+        expected = (self.num_layers, n, hidden) if batched else (self.num_layers, hidden)
+        given = _check_state(type(self).__name__, hx, expected, self.states)
         return [
-            tuple(ops.reshape(ops.getitem(s, k), (n, self.hidden_size)) for s in given)
-            for k in range(layers)
+            tuple(ops.reshape(ops.getitem(s, k), (n, hidden)) for s in given)
+            for k in range(self.num_layers)
         ]
 
     def forward(self, input: Tensor, hx=None):
