@@ -41,96 +41,100 @@ FLAGS = {"reassoc", "contract", "nsz"}  # SIMD reductions; keeps NaN and inf sem
 COLUMN_BLOCK = 1024  # positions per task in column_grad_sums
 
 
-@njit(cache=True, fastmath=FLAGS)
-def _moments(x, n, lo, hi):
-    """Mean and M2 = Σ (x - mean)² of the rows lo..hi-1 of sample n (one contiguous block), in
+@njit(cache=True, inline="always")
+def _rows(a):
+    """An (N, C, S) array (C-contiguous) as its N·C rows, (N·C, S); row r = (r // C, r % C)."""
+    return a.reshape(a.shape[0] * a.shape[1], a.shape[2])
+
+
+@njit(cache=True, fastmath=FLAGS, inline="always")
+def _moments(x, lo, hi):
+    """Mean and M2 = Σ (x - mean)² of the rows lo..hi-1 of x (R, S) (one contiguous block), in
     float64: two passes over the block while it is in cache."""
-    S = x.shape[2]
+    S = x.shape[1]
     total = 0.0
-    for c in range(lo, hi):
-        row = x[n, c]
+    for r in range(lo, hi):
         for i in range(S):
-            total += row[i]
+            total += x[r, i]
     mean = total / ((hi - lo) * S)
     sq = 0.0
-    for c in range(lo, hi):
-        row = x[n, c]
+    for r in range(lo, hi):
         for i in range(S):
-            d = row[i] - mean
+            d = x[r, i] - mean
             sq += d * d
     return mean, sq
 
 
-@njit(cache=True, fastmath=FLAGS)
-def _normalize_row(x, y, n, c, center, scale, shift, w, b):
-    """y[n, c] = (x[n, c] - center) · scale · w[c] + shift + b[c] (no table when w is empty);
-    the scalars in x's dtype."""
-    row, out = x[n, c], y[n, c]
+@njit(cache=True, fastmath=FLAGS, inline="always")
+def _normalize_row(x, y, r, c, center, scale, shift, w, b):
+    """y[r] = (x[r] - center) · scale · w[c] + shift + b[c] for row r of (R, S) arrays and
+    channel c of the (C, S) tables (none when w is empty); the scalars in x's dtype."""
+    S = x.shape[1]
     if w.size > 0:
-        wc, bc = w[c], b[c]
-        for i in range(row.size):
-            out[i] = (row[i] - center) * scale * wc[i] + (shift + bc[i])
+        for i in range(S):
+            y[r, i] = (x[r, i] - center) * scale * w[c, i] + (shift + b[c, i])
     else:
-        for i in range(row.size):
-            out[i] = (row[i] - center) * scale + shift
+        for i in range(S):
+            y[r, i] = (x[r, i] - center) * scale + shift
 
 
-@njit(cache=True, fastmath=FLAGS)
-def _row_grad_sums(dy, x, n, c, center, w):
-    """Σ_s dy·w and Σ_s dy·w·(x - center) over row (n, c), in float64 (w = 1 when empty)."""
-    grow, row = dy[n, c], x[n, c]
+@njit(cache=True, fastmath=FLAGS, inline="always")
+def _row_grad_sums(dy, x, r, c, center, w):
+    """Σ_s dy·w[c] and Σ_s dy·w[c]·(x - center) over row r, in float64 (w = 1 when empty)."""
+    S = x.shape[1]
     a = 0.0
     b = 0.0
     if w.size > 0:
-        wc = w[c]
-        for i in range(row.size):
-            g = np.float64(grow[i] * wc[i])
+        for i in range(S):
+            g = np.float64(dy[r, i] * w[c, i])
             a += g
-            b += g * (row[i] - center)
+            b += g * (x[r, i] - center)
     else:
-        for i in range(row.size):
-            g = np.float64(grow[i])
+        for i in range(S):
+            g = np.float64(dy[r, i])
             a += g
-            b += g * (row[i] - center)
+            b += g * (x[r, i] - center)
     return a, b
 
 
-@njit(cache=True, fastmath=FLAGS)
-def _combine_row(dy, x, dx, n, c, center, alpha, beta, delta, w):
-    """dx[n, c] = alpha · dy · w[c] + beta · (x - center) + delta (w = 1 when empty); center
-    in x's dtype, alpha, beta, delta in float64 (each value computed in float64, then stored)."""
-    grow, row, out = dy[n, c], x[n, c], dx[n, c]
+@njit(cache=True, fastmath=FLAGS, inline="always")
+def _combine_row(dy, x, dx, r, c, center, alpha, beta, delta, w):
+    """dx[r] = alpha · dy · w[c] + beta · (x - center) + delta (w = 1 when empty); center in
+    x's dtype, alpha, beta, delta in float64 (each value computed in float64, then stored)."""
+    S = x.shape[1]
     if w.size > 0:
-        wc = w[c]
-        for i in range(row.size):
-            out[i] = alpha * grow[i] * wc[i] + beta * (row[i] - center) + delta
+        for i in range(S):
+            dx[r, i] = alpha * dy[r, i] * w[c, i] + beta * (x[r, i] - center) + delta
     else:
-        for i in range(row.size):
-            out[i] = alpha * grow[i] + beta * (row[i] - center) + delta
+        for i in range(S):
+            dx[r, i] = alpha * dy[r, i] + beta * (x[r, i] - center) + delta
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)
 def row_moments(x):
     """x (N, C, S) -> mean (N, C), m2 (N, C) in float64; two passes over each cached row."""
     N, C, _ = x.shape
-    mean = np.empty((N, C))
-    m2 = np.empty((N, C))
+    rows = _rows(x)
+    mean = np.empty(N * C)
+    m2 = np.empty(N * C)
     for r in prange(N * C):
-        n, c = r // C, r % C
-        mean[n, c], m2[n, c] = _moments(x, n, c, c + 1)
-    return mean, m2
+        mean[r], m2[r] = _moments(rows, r, r + 1)
+    return mean.reshape(N, C), m2.reshape(N, C)
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)
 def normalize(x, center, scale, shift, w, b, y=None):
-    """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s]; row arrays in x's dtype.
-    Pass `y` allocated by NumPy: its large arrays get huge pages, so first writes fault less."""
+    """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s]; row arrays (N, C) in x's
+    dtype. Pass `y` allocated by NumPy: its large arrays get huge pages, so first writes fault
+    less."""
     N, C, _ = x.shape
     if y is None:
         y = np.empty_like(x)
+    rows, out = _rows(x), _rows(y)
+    center, scale, shift = center.reshape(N * C), scale.reshape(N * C), shift.reshape(N * C)
     for r in prange(N * C):
-        n, c = r // C, r % C
-        _normalize_row(x, y, n, c, center[n, c], scale[n, c], shift[n, c], w, b)
+        c = r % C if w.size > 0 else 0
+        _normalize_row(rows, out, r, c, center[r], scale[r], shift[r], w, b)
     return y
 
 
@@ -138,12 +142,13 @@ def normalize(x, center, scale, shift, w, b, y=None):
 def row_grad_sums(dy, x, center, w):
     """Per row, in float64: Σ_s dy·w and Σ_s dy·w·(x - center[r]) (w = 1 when empty)."""
     N, C, _ = x.shape
-    sum_g = np.empty((N, C))
-    sum_gx = np.empty((N, C))
+    rows, grads, center = _rows(x), _rows(dy), center.reshape(N * C)
+    sum_g = np.empty(N * C)
+    sum_gx = np.empty(N * C)
     for r in prange(N * C):
-        n, c = r // C, r % C
-        sum_g[n, c], sum_gx[n, c] = _row_grad_sums(dy, x, n, c, center[n, c], w)
-    return sum_g, sum_gx
+        c = r % C if w.size > 0 else 0
+        sum_g[r], sum_gx[r] = _row_grad_sums(grads, rows, r, c, center[r], w)
+    return sum_g.reshape(N, C), sum_gx.reshape(N, C)
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)
@@ -154,10 +159,14 @@ def combine(dy, x, center, alpha, beta, delta, w, dx=None):
     N, C, _ = x.shape
     if dx is None:
         dx = np.empty_like(x)
-    for r in prange(N * C):
-        n, c = r // C, r % C
-        m, a, bt, d = center[n, c], alpha[n, c], beta[n, c], delta[n, c]
-        _combine_row(dy, x, dx, n, c, m, a, bt, d, w)
+    rows, grads, out = _rows(x), _rows(dy), _rows(dx)
+    R = N * C
+    center, alpha, beta, delta = (
+        center.reshape(R), alpha.reshape(R), beta.reshape(R), delta.reshape(R)
+    )
+    for r in prange(R):
+        c = r % C if w.size > 0 else 0
+        _combine_row(grads, rows, out, r, c, center[r], alpha[r], beta[r], delta[r], w)
     return dx
 
 
@@ -169,19 +178,22 @@ def normalize_runs(x, k, eps, centered, gamma, beta, w, b, y, mean, rstd):
     `centered`, c = 0 and σ² = ⟨x²⟩ = M2/m + mean² (RMSNorm, FRN); ρ = 1/sqrt(σ² + eps) and
     y = (x - c) · ρ · gamma[c] · w[c, s] + beta[c] + b[c, s].
     x, y (N, C, S); gamma, beta (C,) in x's dtype; w, b (C, S) or (0, 0); the outputs mean
-    (the center c) and rstd (ρ), (N, C/k), in float64."""
+    (the center c) and rstd (ρ), (N, C/k), in float64. Run j is rows j·k .. j·k + k - 1."""
     N, C, S = x.shape
-    G = C // k
+    runs = N * (C // k)
+    rows, out = _rows(x), _rows(y)
+    mean, rstd = mean.reshape(runs), rstd.reshape(runs)
     cast = x.dtype.type
-    for j in prange(N * G):
-        n, g = j // G, j % G
-        lo = g * k
-        mean_run, m2 = _moments(x, n, lo, lo + k)
+    for j in prange(runs):
+        lo = j * k
+        first = lo % C
+        mean_run, m2 = _moments(rows, lo, lo + k)
         mu = mean_run * centered  # branch-free: c = 0 and σ² = ⟨x²⟩ when not centered
-        r = 1.0 / np.sqrt(m2 / (k * S) + (mean_run - mu) ** 2 + eps)
-        mean[n, g], rstd[n, g] = mu, r
-        for c in range(lo, lo + k):
-            _normalize_row(x, y, n, c, cast(mu), cast(r * gamma[c]), beta[c], w, b)
+        rho = 1.0 / np.sqrt(m2 / (k * S) + (mean_run - mu) ** 2 + eps)
+        mean[j], rstd[j] = mu, rho
+        for t in range(k):
+            c = first + t
+            _normalize_row(rows, out, lo + t, c, cast(mu), cast(rho * gamma[c]), beta[c], w, b)
     return y
 
 
@@ -195,23 +207,28 @@ def combine_runs(dy, x, k, centered, mean, rstd, gamma, w, dx, sum_dy, sum_dyx):
     dy, x, dx (N, C, S); mean (the center c), rstd (N, C/k) float64; gamma (C,); w (C, S) or
     (0, 0); the outputs sum_dy, sum_dyx (N, C) float64."""
     N, C, S = x.shape
-    G = C // k
+    runs = N * (C // k)
     m = k * S
+    rows, grads, out = _rows(x), _rows(dy), _rows(dx)
+    mean, rstd = mean.reshape(runs), rstd.reshape(runs)
+    sum_dy, sum_dyx = sum_dy.reshape(N * C), sum_dyx.reshape(N * C)
     cast = x.dtype.type
-    for j in prange(N * G):
-        n, g = j // G, j % G
-        lo = g * k
-        center, r = cast(mean[n, g]), rstd[n, g]
+    for j in prange(runs):
+        lo = j * k
+        first = lo % C
+        center, rho = cast(mean[j]), rstd[j]
         total = 0.0
         total_x = 0.0
-        for c in range(lo, lo + k):
-            a, b = _row_grad_sums(dy, x, n, c, center, w)
-            sum_dy[n, c], sum_dyx[n, c] = a, b
+        for t in range(k):
+            c = first + t
+            a, b = _row_grad_sums(grads, rows, lo + t, c, center, w)
+            sum_dy[lo + t], sum_dyx[lo + t] = a, b
             total += gamma[c] * a
             total_x += gamma[c] * b
-        beta, delta = dx_terms(r, total / m, total_x / m, centered, True)
-        for c in range(lo, lo + k):
-            _combine_row(dy, x, dx, n, c, center, r * gamma[c], beta, delta, w)
+        beta, delta = dx_terms(rho, total / m, total_x / m, centered, True)
+        for t in range(k):
+            c = first + t
+            _combine_row(grads, rows, out, lo + t, c, center, rho * gamma[c], beta, delta, w)
     return dx
 
 
