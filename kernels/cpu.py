@@ -161,9 +161,8 @@ def combine(dy, x, center, alpha, beta, delta, w, dx=None):
         dx = np.empty_like(x)
     rows, grads, out = _rows(x), _rows(dy), _rows(dx)
     R = N * C
-    center, alpha, beta, delta = (
-        center.reshape(R), alpha.reshape(R), beta.reshape(R), delta.reshape(R)
-    )
+    center, alpha = center.reshape(R), alpha.reshape(R)
+    beta, delta = beta.reshape(R), delta.reshape(R)
     for r in prange(R):
         c = r % C if w.size > 0 else 0
         _combine_row(grads, rows, out, r, c, center[r], alpha[r], beta[r], delta[r], w)
