@@ -110,6 +110,11 @@ def parse_experiment(p: argparse.ArgumentParser, argv, quick: dict, full: dict):
     return args
 
 
+def dataset_kind(args: argparse.Namespace) -> type[MNIST] | type[FashionMNIST]:
+    """The dataset class `args.dataset` names; its `name` is the title to print."""
+    return MNIST if args.dataset == "mnist" else FashionMNIST
+
+
 def load_data(
     args: argparse.Namespace, min_train: int = 1, flatten: bool = False
 ) -> tuple[Data, Data, str]:
@@ -119,7 +124,7 @@ def load_data(
     test images (None: all), from `args.data_dir` (no download with `args.offline`), and a
     one-line description of what was used. Fewer than `min_train` training images raise
     ValueError."""
-    kind = MNIST if args.dataset == "mnist" else FashionMNIST
+    kind = dataset_kind(args)
     train_set = kind(root=args.data_dir, train=True, download=not args.offline)
     test_set = kind(root=args.data_dir, train=False, download=not args.offline)
     x_train, x_test = train_set.normalized(), test_set.normalized()

@@ -52,6 +52,7 @@ from tinynorm.files import atomic_write
 
 from .common import (
     Data,
+    dataset_kind,
     endless,
     evaluate,
     experiment_parser,
@@ -198,9 +199,9 @@ def comparisons(args: argparse.Namespace, rows: list[dict]) -> list[Comparison]:
 
 def settings(args: argparse.Namespace, seeds: list[int]) -> str:
     return (
-        f"sequential MNIST by {args.order} ({SIDE} steps of {SIDE} pixels); models "
-        f"{', '.join(args.models)}; {args.hidden} hidden units; {args.steps} steps at batch "
-        f"{BATCH}; Adam lr {args.lr:g}; seeds {', '.join(map(str, seeds))}"
+        f"sequential {dataset_kind(args).name} by {args.order} ({SIDE} steps of {SIDE} "
+        f"pixels); models {', '.join(args.models)}; {args.hidden} hidden units; {args.steps} "
+        f"steps at batch {BATCH}; Adam lr {args.lr:g}; seeds {', '.join(map(str, seeds))}"
     )
 
 
@@ -260,7 +261,8 @@ def plot(args: argparse.Namespace, curves: list[dict], path: Path) -> bool:
     ax.set(xlabel="step", ylabel=f"test accuracy (first {CURVE_IMAGES:,} test images)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.suptitle(f"Sequential MNIST by {args.order}, {args.hidden} hidden units")
+    title = f"Sequential {dataset_kind(args).name} by {args.order}, {args.hidden} hidden units"
+    fig.suptitle(title)
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=100)
     return True
