@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import nn, optim
+from . import nn, optim, viz
 from .autograd import enable_grad, is_grad_enabled, no_grad, profile
 from .creation import arange, ones, rand, randn, zeros
 from .gradcheck import GradcheckError, gradcheck
@@ -46,5 +46,6 @@ __all__ = [
     "save",
     "set_num_threads",
     "tensor",
+    "viz",
     "zeros",
 ]

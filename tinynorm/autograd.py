@@ -150,6 +150,11 @@ class Function:
     def backward(self, grad):
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """A line about this application for a drawn graph (`tinynorm.viz`): what a fused op
+        computed beyond its name, such as the statistics a norm pooled; "" by default."""
+        return ""
+
     def release(self) -> None:
         """Drop everything `forward` saved, and the links to the inputs, after a backward pass
         that does not retain the graph."""
@@ -183,9 +188,10 @@ def unbroadcast(grad, shape: tuple[int, ...]):
     return grad.sum(axis=tuple(range(lead)) + stretched, keepdims=True).reshape(shape)
 
 
-def topological_order(root: Tensor) -> list[Tensor]:
-    """Tensors that need a gradient, each after all the tensors it was computed from
-    (an iterative depth-first search, so deep graphs do not hit the recursion limit)."""
+def topological_order(root: Tensor, every_input: bool = False) -> list[Tensor]:
+    """Tensors that need a gradient (with `every_input`, every tensor an op read), each after
+    all the tensors it was computed from (an iterative depth-first search, so deep graphs do not
+    hit the recursion limit)."""
     order, visited, stack = [], set(), [(root, False)]
     while stack:
         node, finished = stack.pop()
@@ -200,7 +206,7 @@ def topological_order(root: Tensor) -> list[Tensor]:
             stack.extend(
                 (p, False)
                 for p in node._fn.inputs
-                if p is not None and p.requires_grad and id(p) not in visited
+                if p is not None and (every_input or p.requires_grad) and id(p) not in visited
             )
     return order
 

@@ -65,6 +65,16 @@ class Statistic(NamedTuple):
     centered: bool = True
     scaled: bool = True
 
+    def describe(self) -> str:
+        """What one statistic pools, in words: "per channel over (N, S)" (batch norm), "per
+        sample and 4 channels over (4, S)" (group norm), "uncentered"/"unscaled" added."""
+        sample = "" if self.across_batch else "sample and "
+        k = self.channels
+        group = "channel" if k == 1 else f"{k} channels"
+        over = ("N, " if self.across_batch else "") + ("" if k == 1 else f"{k}, ") + "S"
+        flags = [" uncentered"] * (not self.centered) + [" unscaled"] * (not self.scaled)
+        return f"per {sample}{group} over ({over})" + "".join(flags)
+
     def count(self, dims: tuple[int, int, int]) -> int:
         """m: how many values one statistic pools, for dims (N, C, S)."""
         N, _, S = dims
@@ -134,6 +144,10 @@ class Normalize(Function):
       renorm(c, σ) -> (r, d)   batch renorm's corrections from the batch statistics (1, C)
       elementwise=True    γ, β span (C, S) (LayerNorm, RMSNorm) instead of one value a channel
     """
+
+    def describe(self) -> str:
+        fixed = "" if self.batch else "fixed "
+        return f"{fixed}statistics {self.statistic.describe()}"
 
     def forward(
         self,

@@ -41,6 +41,14 @@ class _Moments(NamedTuple):
     var_stats: object  # per statistic (None when fixed)
 
 
+def _describe(parts: list[_Moments]) -> str:
+    """Each component's statistic, "fixed" where it used running estimates: one per line."""
+    return "\n".join(
+        ("fixed " if p.var_stats is None else "") + "statistics " + p.component.statistic.describe()
+        for p in parts
+    )
+
+
 def _moments(x3, components) -> list[_Moments]:
     """Each component's mean and biased variance, from one `row_moments` pass over x3."""
     N, C, S = x3.shape
@@ -70,6 +78,9 @@ class MixedNormalize(Function):
       dx = Σ_k [ρ_k·g_k·dy + beta_k·(x - μ_k) + delta_k]  with g_k = γ w_k and `dx_terms`
       (beta_k = delta_k = 0 for fixed statistics).
     """
+
+    def describe(self) -> str:
+        return _describe(self.parts)
 
     def forward(self, x, weight, bias, *mix_weights, dims, components, eps):
         x3 = x.reshape(dims)
@@ -130,6 +141,9 @@ class SwitchableNormalize(Function):
       dx = ρ γ dy + Σ_k [wm_k/m_k · Σ_k ∂L/∂μ + 2 wv_k/m_k · Σ_k ∂L/∂σ² · (x - μ_k)]
     where Σ_k sums over the rows of k's statistic (only batch statistics contribute).
     """
+
+    def describe(self) -> str:
+        return _describe(self.parts)
 
     def forward(self, x, weight, bias, mean_weights, var_weights, *, dims, components, eps):
         x3 = x.reshape(dims)
