@@ -29,12 +29,10 @@ def test_small_graph_counts_labels_and_edges():
     labels = sorted(label.split("\\n")[0] for label in nodes.values())
     assert labels == ["Add", "Mul", "Sum", "input", "input"]
     assert len(edges) == 5  # a, b -> Add; Add, a -> Mul; Mul -> Sum
-    by_title = {label.split("\\n")[0]: name for name, label in nodes.items()}
-    assert (by_title["Add"], by_title["Mul"]) in edges and (
-        by_title["Mul"],
-        by_title["Sum"],
-    ) in edges
-    assert "(2, 3) float32, 24 B" in nodes[by_title["Add"]]
+    node = {label.split("\\n")[0]: name for name, label in nodes.items()}
+    assert (node["Add"], node["Mul"]) in edges
+    assert (node["Mul"], node["Sum"]) in edges
+    assert "(2, 3) float32, 24 B" in nodes[node["Add"]]
 
 
 def test_norm_nodes_name_their_statistics_and_module_names_the_leaves():
@@ -83,6 +81,14 @@ def test_files_dot_and_bad_suffix(tmp_path):
     with pytest.raises(ValueError, match=r"\.dot, \.svg or \.png"):
         viz.draw_graph(out, tmp_path / "g.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.dot"]
+
+
+def test_a_failing_dot_is_a_clear_error(tmp_path, monkeypatch):
+    out = small_graph()
+    monkeypatch.setattr(shutil, "which", lambda name: "false")  # exits 1, writes nothing
+    with pytest.raises(RuntimeError, match="false failed"):
+        viz.draw_graph(out, tmp_path / "g.png")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_render_without_dot_names_the_program(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """The autograd graph behind a tensor, drawn (micrograd's `draw_dot`, for tinynorm).
 
-    loss = model(x).cross_entropy(y)            # any tensor that needs a gradient
+    loss = tinynorm.ops.cross_entropy(model(x), y)   # any tensor that needs a gradient
     dot = tinynorm.viz.draw_graph(loss, "graph.svg", module=model)
 
 Every op application is one node (its op name, output shape, dtype and bytes, and what
@@ -100,9 +100,11 @@ def draw_graph(
                 "draw_graph: rendering needs Graphviz's `dot` program (Debian: apt install "
                 "graphviz; or pip install graphviz-pure); write a .dot file instead"
             )
-        data = subprocess.run(
-            [program, f"-T{suffix[1:]}"], input=dot.encode(), capture_output=True, check=True
-        ).stdout
+        done = subprocess.run([program, f"-T{suffix[1:]}"], input=dot.encode(), capture_output=True)
+        if done.returncode:
+            message = done.stderr.decode(errors="replace").strip()
+            raise RuntimeError(f"draw_graph: {program} failed ({done.returncode}): {message}")
+        data = done.stdout
     with atomic_write(target) as f:
         f.write(data)
     return dot

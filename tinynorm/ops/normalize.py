@@ -65,15 +65,17 @@ class Statistic(NamedTuple):
     centered: bool = True
     scaled: bool = True
 
-    def describe(self) -> str:
-        """What one statistic pools, in words: "per channel over (N, S)" (batch norm), "per
-        sample and 4 channels over (4, S)" (group norm), "uncentered"/"unscaled" added."""
+    def describe(self, fixed: bool = False) -> str:
+        """What one statistic pools, in words: "statistics per channel over (N, S)" (batch
+        norm), "… per sample and 4 channels over (4, S)" (group norm), "uncentered"/"unscaled"
+        added; "fixed statistics …" when running estimates stood in for them."""
         sample = "" if self.across_batch else "sample and "
         k = self.channels
         group = "channel" if k == 1 else f"{k} channels"
         over = ("N, " if self.across_batch else "") + ("" if k == 1 else f"{k}, ") + "S"
         flags = [" uncentered"] * (not self.centered) + [" unscaled"] * (not self.scaled)
-        return f"per {sample}{group} over ({over})" + "".join(flags)
+        source = "fixed statistics" if fixed else "statistics"
+        return f"{source} per {sample}{group} over ({over})" + "".join(flags)
 
     def count(self, dims: tuple[int, int, int]) -> int:
         """m: how many values one statistic pools, for dims (N, C, S)."""
@@ -146,8 +148,7 @@ class Normalize(Function):
     """
 
     def describe(self) -> str:
-        fixed = "" if self.batch else "fixed "
-        return f"{fixed}statistics {self.statistic.describe()}"
+        return self.statistic.describe(fixed=not self.batch)
 
     def forward(
         self,

@@ -43,10 +43,7 @@ class _Moments(NamedTuple):
 
 def _describe(parts: list[_Moments]) -> str:
     """Each component's statistic, "fixed" where it used running estimates: one per line."""
-    return "\n".join(
-        ("fixed " if p.var_stats is None else "") + "statistics " + p.component.statistic.describe()
-        for p in parts
-    )
+    return "\n".join(p.component.statistic.describe(fixed=p.var_stats is None) for p in parts)
 
 
 def _moments(x3, components) -> list[_Moments]:
