@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import tinynorm as tn
-from tinynorm.autograd import Profiler
 from tinynorm.nn import normalization as norm_layers
 from tinynorm.nn.module import Module, RemovableHandle
+from tinynorm.profiler import profile, record_function
 
 CATEGORIES = ("conv", "norm", "pooling", "activation", "loss", "linear", "other ops", "optimizer")
 BOOKKEEPING = "autograd bookkeeping"
@@ -32,80 +32,35 @@ OP_CATEGORY: dict[str, str] = {
 }
 
 
-class StepProfile:
-    """Wall time per category of the training steps run in a `tinynorm.profile()` block.
+def hook_norm_layers(model: Module) -> list[RemovableHandle]:
+    """Time each norm layer's forward in `model` as a range "norm:<its class>"; the handles
+    take the hooks out."""
+    opened: list[contextlib.AbstractContextManager] = []
 
-    The ops come from that block, the engine's profiling hook: the forward and the backward of
-    each op count in its category (`OP_CATEGORY`, by the op's name alone: a reshape that a
-    norm layer runs counts in "other ops"). Added to them (`part`): the norm layers' own
-    Python work around their ops (they compute their batch statistics and update their running
-    estimates before calling their fused op), timed by the modules' forward pre-hook and hook,
-    as norm; and the optimizer's `zero_grad` and `step`, timed by `train_step`, as optimizer.
-    The time of any op run inside a part is taken out of it, as it counts in the op's category
-    already. Everything else in the step is autograd bookkeeping.
-    """
+    def enter(layer: Module, args: tuple) -> None:
+        opened.append(record_function(f"norm:{type(layer).__name__}"))
+        opened[-1].__enter__()
 
-    def __init__(self, ops: Profiler) -> None:
-        self.ops = ops
-        self.seconds = dict.fromkeys(CATEGORIES, 0.0)
-        self.names: dict[str, set[str]] = {c: set() for c in CATEGORIES}
-        self._starts: list[tuple[float, float]] = []  # of the parts now running
+    def leave(layer: Module, args: tuple, out: tn.Tensor) -> None:
+        opened.pop().__exit__(None, None, None)
 
-    def start(self) -> None:
-        """Begin a part: note the time and the ops' seconds so far."""
-        self._starts.append((time.perf_counter(), sum(self.ops.seconds.values())))
-
-    def stop(self, category: str, name: str) -> None:
-        """Add the time since the matching `start`, less the ops run meanwhile, to `category`."""
-        start, op_seconds = self._starts.pop()
-        ops_inside = sum(self.ops.seconds.values()) - op_seconds
-        self.seconds[category] += time.perf_counter() - start - ops_inside
-        self.names[category].add(name)
-
-    @contextlib.contextmanager
-    def part(self, category: str, name: str) -> Iterator[None]:
-        """Time the block as the part `name` of `category` (`start`, then `stop`)."""
-        self.start()
-        try:
-            yield
-        finally:
-            self.stop(category, name)
-
-    def hook_norm_layers(self, model: Module) -> list[RemovableHandle]:
-        """Time each norm layer's forward in `model` as norm; the handles take the hooks out."""
-        handles = []
-        for layer in model.modules():
-            if type(layer).__module__ == norm_layers.__name__:
-                handles.append(layer.register_forward_pre_hook(lambda layer, args: self.start()))
-                handles.append(
-                    layer.register_forward_hook(
-                        lambda layer, args, out: self.stop("norm", type(layer).__name__)
-                    )
-                )
-        return handles
-
-    def add_ops(self) -> None:
-        """Add the ops' seconds from the profiler, each to its category."""
-        for (op, _), seconds in self.ops.seconds.items():
-            category = OP_CATEGORY.get(op, "other ops")
-            self.seconds[category] += seconds
-            self.names[category].add(op)
+    handles = []
+    for layer in model.modules():
+        if type(layer).__module__ == norm_layers.__name__:
+            handles += [layer.register_forward_pre_hook(enter), layer.register_forward_hook(leave)]
+    return handles
 
 
-def train_step(
-    loss_of_batch: Callable[[], tn.Tensor],
-    optimizer: tn.optim.Optimizer,
-    profile: StepProfile | None = None,
-) -> float:
+def train_step(loss_of_batch: Callable[[], tn.Tensor], optimizer: tn.optim.Optimizer) -> float:
     """One training step: the loss, zero_grad, backward and the optimizer's step; the loss.
-    With a `profile`, the optimizer's two calls are timed into it."""
+    The optimizer's two calls are ranges "optimizer:<class>.zero_grad" and ".step" (recorded
+    when a profile is open)."""
     loss = loss_of_batch()
     name = type(optimizer).__name__
-    part = profile.part if profile is not None else lambda category, name: contextlib.nullcontext()
-    with part("optimizer", f"{name}.zero_grad"):
+    with record_function(f"optimizer:{name}.zero_grad"):
         optimizer.zero_grad()
     loss.backward()
-    with part("optimizer", f"{name}.step"):
+    with record_function(f"optimizer:{name}.step"):
         optimizer.step()
     return loss.item()
 
@@ -117,27 +72,39 @@ def breakdown(
     repeat: int,
 ) -> list[dict]:
     """Rows of milliseconds and % of the step per category, averaged over `repeat` training
-    steps (`train_step`) of `model` whose loss `loss_of_batch` computes."""
-    with tn.profile() as ops:
-        profile = StepProfile(ops)
-        handles = profile.hook_norm_layers(model)
+    steps (`train_step`) of `model` whose loss `loss_of_batch` computes, from a
+    `tinynorm.profiler.profile()` block.
+
+    Each op's forward and backward count in its category (`OP_CATEGORY`, by the op's name
+    alone: a reshape that a norm layer runs counts in "other ops"). The ranges' own time (less
+    the ops inside) counts in the category their name starts with: the norm layers' Python
+    work around their fused op (batch statistics, running estimates), timed by the modules'
+    hooks (`hook_norm_layers`), and the optimizer's `zero_grad` and `step`. Everything else in
+    the step is autograd bookkeeping."""
+    seconds = dict.fromkeys(CATEGORIES, 0.0)
+    names: dict[str, set[str]] = {c: set() for c in CATEGORIES}
+    with profile() as prof:
+        handles = hook_norm_layers(model)
         try:
             start = time.perf_counter()
             for _ in range(repeat):
-                train_step(loss_of_batch, optimizer, profile)
+                train_step(loss_of_batch, optimizer)
             total = (time.perf_counter() - start) / repeat
         finally:
             for handle in handles:
                 handle.remove()
-    profile.add_ops()
-    seconds = {c: s / repeat for c, s in profile.seconds.items()}
+    parts = [(OP_CATEGORY.get(r["op"], "other ops"), r["op"], r["seconds"]) for r in prof.rows()]
+    parts += [(*r["name"].split(":", 1), r["self_seconds"]) for r in prof.ranges()]
+    for category, name, s in parts:
+        seconds[category] += s / repeat
+        names[category].add(name)
     seconds[BOOKKEEPING] = total - sum(seconds.values())
     return [
         {
             "category": category,
             "ms": 1e3 * s,
             "percent": 100 * s / total,
-            "timed": sorted(profile.names.get(category, ())),
+            "timed": sorted(names.get(category, ())),
         }
         for category, s in seconds.items()
     ]

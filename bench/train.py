@@ -27,7 +27,7 @@ their range and tinynorm's ratio to PyTorch. Both start from the same weights (t
 initialization, saved to an .npz), so the first training losses agree. PyTorch runs in
 `--torch-python` (default: this interpreter), as it is only ever a point of comparison.
 A last tinynorm process per model and norm splits the training step by category
-(`step_profile.breakdown`, from the engine's profiling hook `tinynorm.profile()`).
+(`step_profile.breakdown`, from `tinynorm.profiler.profile()`: ops, kernels and ranges).
 
 Run it alone on the machine, with the host's OpenBLAS overrides unset as a user's machine has
 none: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/train.py ...`.

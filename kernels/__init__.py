@@ -36,6 +36,10 @@ and, for the convolution's GEMMs, `im2col` (each image's window columns) and its
 max pooling, `max_pool` (values and argmax) and `max_pool_backward`; `relu` and its backward;
 `transpose`, a blocked 2-d transposed copy (`permute` of a 2-d tensor).
 
+Seeing inside: every CPU kernel launch passes through one wrapper (`_launcher`), which reports it
+to an observer while one is set (`observing`: `tinynorm.profiler` times each launch and the
+bytes it moves, against `copy_bandwidth`); `inspect` reports what Numba compiled for a call.
+
 Thread safety: Numba's `workqueue` threading layer aborts the process when two Python threads
 launch parallel kernels at once (`tbb` and `omp` are thread-safe). Under it, and until the layer
 is known (Numba picks it at the first parallel launch), the CPU kernels are launched one at a
@@ -50,10 +54,14 @@ float32 the gradient would lose its x̂·⟨dx̂·x̂⟩ term.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+import time
 import types
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import numba
 import numpy as np
@@ -77,45 +85,82 @@ def _one_at_a_time() -> bool:
     return _layer == "workqueue"
 
 
-def _serialized(kernel):
-    """`kernel` (a parallel CPU kernel), launched under `_LAUNCH` where `_one_at_a_time`."""
+_observer = None  # set by `observing`: called for each CPU kernel launch
 
-    @functools.wraps(kernel)
-    def launch(*args):
-        if not _one_at_a_time():
+
+def _launcher(name: str, kernel, parallel: bool):
+    """`kernel` as the dispatch below launches it: a parallel one under `_LAUNCH` where
+    `_one_at_a_time`; each launch reported to the observer while one is set (`observing`)."""
+
+    def run(*args):
+        if not (parallel and _one_at_a_time()):
             return kernel(*args)
         with _LAUNCH:
             return kernel(*args)
 
+    @functools.wraps(kernel)
+    def launch(*args):
+        observer = _observer
+        return run(*args) if observer is None else observer(name, run, args)
+
     return launch
 
 
+@contextlib.contextmanager
+def observing(observer: Callable[[str, Callable, tuple], Any]) -> Iterator[None]:
+    """While the block runs, every CPU kernel launch goes through `observer(name, run, args)`,
+    which must return `run(*args)` (a profiler times it, `inspect` notes what ran); launches
+    from every thread. Blocks do not nest."""
+    global _observer
+    if _observer is not None:
+        raise RuntimeError("kernels.observing: another observer is active")
+    _observer = observer
+    try:
+        yield
+    finally:
+        _observer = None
+
+
+PARALLEL = (
+    "row_moments",
+    "normalize",
+    "row_grad_sums",
+    "combine",
+    "column_grad_sums",
+    "column_moments",
+    "normalize_columns",
+    "column_sums",
+    "combine_columns",
+    "normalize_runs",
+    "combine_runs",
+    "max_pool",
+    "max_pool_backward",
+    "relu",
+    "relu_backward",
+    "transpose",
+    "copy",
+)
+SERIAL = ("im2col", "col2im", "shifted_rows", "add_shifted_rows")  # nogil, on the caller's thread
 # the CPU kernels as the dispatch below launches them
 _cpu = SimpleNamespace(
-    **{
-        name: _serialized(getattr(cpu, name))
-        for name in (
-            "row_moments",
-            "normalize",
-            "row_grad_sums",
-            "combine",
-            "column_grad_sums",
-            "column_moments",
-            "normalize_columns",
-            "column_sums",
-            "combine_columns",
-            "normalize_runs",
-            "combine_runs",
-            "max_pool",
-            "max_pool_backward",
-            "relu",
-            "relu_backward",
-            "transpose",
-        )
-    },
-    im2col=cpu.im2col,  # serial: no lock needed
-    col2im=cpu.col2im,
+    **{name: _launcher(name, getattr(cpu, name), True) for name in PARALLEL},
+    **{name: _launcher(name, getattr(cpu, name), False) for name in SERIAL},
 )
+
+
+@functools.cache
+def copy_bandwidth(nbytes: int = 1 << 26) -> float:
+    """The machine's copy bandwidth in bytes per second (read plus written): the best of five
+    parallel copies of `nbytes` by the kernels' threads, measured once per process. The
+    profiler's yardstick for a kernel's achieved GB/s."""
+    src = np.ones(nbytes // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(6):  # the first also compiles or loads the kernel
+        start = time.perf_counter()
+        _cpu.copy(src, dst)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best
 
 
 def is_cupy(x) -> bool:
@@ -413,7 +458,7 @@ def shifted_rows(xpad, shape: tuple[int, ...], kernel: tuple[int, int], out=None
     kh, kw = kernel
     cols = np.empty((N, C, kh, kw, (Hp - kh + 1) * Wp), xpad.dtype) if out is None else out
     cols = cols.reshape(N, C, kh, kw, -1)
-    cpu.shifted_rows(xpad, C, Hp * Wp, Wp, cols)
+    _cpu.shifted_rows(xpad, C, Hp * Wp, Wp, cols)
     return cols.reshape(N, C * kh * kw, -1)
 
 
@@ -424,7 +469,7 @@ def add_shifted_rows(dcols, shape: tuple[int, ...], kernel: tuple[int, int], out
     N, C, Hp, Wp = shape
     kh, kw = kernel
     dcols = np.ascontiguousarray(dcols).reshape(N, C, kh, kw, -1)
-    return cpu.add_shifted_rows(dcols, C, Hp * Wp, Wp, out)
+    return _cpu.add_shifted_rows(dcols, C, Hp * Wp, Wp, out)
 
 
 def max_pool(x, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]):
@@ -480,3 +525,31 @@ def transpose(x):
     if is_cupy(x):
         return get_array_module(x).ascontiguousarray(x.T)
     return _cpu.transpose(x, np.empty(x.shape[::-1], x.dtype))
+
+
+from .inspection import KernelReport, report  # noqa: E402  (it needs only `cpu`)
+
+
+def inspect(name: str, example_args: tuple) -> list[KernelReport]:
+    """Run `<name>(*example_args)`, a function of this module, on NumPy arrays and report what
+    Numba compiled for each CPU kernel it launched, in the order of their first launch:
+    signatures, vector width, threads, cache (see `inspection`)."""
+    function = globals().get(name)
+    if name.startswith("_") or not isinstance(function, types.FunctionType):
+        functions = sorted(
+            n
+            for n, f in globals().items()
+            if isinstance(f, types.FunctionType) and f.__module__ == __name__ and n[0] != "_"
+        )
+        raise ValueError(f"unknown kernel function {name!r}: expected one of {functions}")
+    launched: dict[str, tuple] = {}
+
+    def note(kernel: str, run: Callable, args: tuple) -> Any:
+        launched.setdefault(kernel, args)
+        return run(*args)
+
+    with observing(note):
+        function(*example_args)
+    if not launched:
+        raise ValueError(f"kernels.{name} launched no CPU kernel: are its arrays NumPy's?")
+    return [report(kernel, args) for kernel, args in launched.items()]

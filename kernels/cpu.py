@@ -497,6 +497,14 @@ def relu_backward(dy, y, dx):
     return dx
 
 
+@njit(parallel=True, cache=True)
+def copy(src, dst):
+    """dst = src for flat arrays; parallel (`copy_bandwidth` times it)."""
+    for k in prange(src.size):
+        dst[k] = src[k]
+    return dst
+
+
 TILE = 32  # transpose: a 32 × 32 block of float32 is 4 KiB, so its rows and columns stay in L1
 
 

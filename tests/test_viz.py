@@ -99,8 +99,13 @@ def test_render_without_dot_names_the_program(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
-def test_render_svg(tmp_path):
+@pytest.mark.skipif(
+    not (shutil.which("dot") or shutil.which("graphviz-pure")),
+    reason="no dot program: pip install 'tinynorm[viz]'",
+)
+def test_render_svg_and_png(tmp_path):
     out = small_graph()
     viz.draw_graph(out, tmp_path / "g.svg")
+    viz.draw_graph(out, tmp_path / "g.png")
     assert "<svg" in (tmp_path / "g.svg").read_text()
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,12 +2,13 @@
 
 import numpy as np
 
-from . import nn, optim, viz
-from .autograd import enable_grad, is_grad_enabled, no_grad, profile
+from . import nn, optim, profiler, viz
+from .autograd import enable_grad, is_grad_enabled, no_grad
 from .creation import arange, ones, rand, randn, zeros
 from .gradcheck import GradcheckError, gradcheck
 from .memory import keep_freed_memory
 from .ops import cat
+from .profiler import profile
 from .random import manual_seed
 from .serialization import load, save
 from .tensor import Tensor, tensor
@@ -41,6 +42,7 @@ __all__ = [
     "ones",
     "optim",
     "profile",
+    "profiler",
     "rand",
     "randn",
     "save",

@@ -20,17 +20,15 @@ reach a tensor along several paths, undoes broadcasting, and accumulates into th
 Unless asked to retain the graph, it then frees each op's saved arrays and links (`release`), so
 the memory goes back at once; a second backward through a freed op is an error, as in PyTorch.
 
-`profile()` is the engine's profiling hook: while its block runs, `Function.apply` times each
-op's `forward` and `backward()` each op's `backward`, per op name; outside it they time nothing.
+`profiling(profiler)` is the engine's profiling hook: while its block runs, each op's `forward`
+and `backward` run through the profiler (`tinynorm.profiler`); outside it nothing is timed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 _state = threading.local()
 
@@ -61,73 +59,21 @@ class enable_grad(no_grad):
         _state.enabled = True
 
 
-class Profiler:
-    """Call counts and seconds per op and pass, filled by the engine inside a `profile()` block.
-
-    Measured: the wall time (`time.perf_counter`) of each `Function.forward` called by
-    `Function.apply`, and of each `Function.backward` called by `backward()`, keyed by
-    (the Function subclass's name, "forward" or "backward"). Not measured: the engine's own work
-    around those calls (building Tensors, walking the graph, summing and unbroadcasting
-    gradients) and anything that is not an op (optimizer steps, a module's Python code).
-    The ops of every thread count while the block is active.
-    """
-
-    def __init__(self) -> None:
-        self.calls: dict[tuple[str, str], int] = {}
-        self.seconds: dict[tuple[str, str], float] = {}
-
-    def call(self, op: str, pass_: str, method: Callable, /, *args: Any, **kwargs: Any) -> Any:
-        """Call `method(*args, **kwargs)` and add one call and its seconds to (op, pass_)."""
-        start = time.perf_counter()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            key = (op, pass_)
-            self.calls[key] = self.calls.get(key, 0) + 1
-            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per (op, pass): op, pass, calls, seconds; the most time first."""
-        rows = [
-            {"op": op, "pass": pass_, "calls": n, "seconds": self.seconds[op, pass_]}
-            for (op, pass_), n in self.calls.items()
-        ]
-        return sorted(rows, key=lambda r: r["seconds"], reverse=True)
-
-    def table(self) -> str:
-        """The rows as aligned text: op, pass, calls, total ms, ms per call."""
-        lines = [f"{'op':<24} {'pass':<8} {'calls':>7} {'total ms':>10} {'ms/call':>9}"]
-        for r in self.rows():
-            ms = 1e3 * r["seconds"]
-            lines.append(
-                f"{r['op']:<24} {r['pass']:<8} {r['calls']:>7} {ms:>10.3f} {ms / r['calls']:>9.4f}"
-            )
-        return "\n".join(lines)
-
-    __str__ = table
-
-
-_profiler: Profiler | None = None  # the active one; None: the engine times nothing
+_profiler = None  # the active profiler (`profiling`); None: the engine times nothing
 
 
 @contextlib.contextmanager
-def profile() -> Iterator[Profiler]:
-    """Time every op's forward and backward while the block runs (see `Profiler`):
-
-        with tinynorm.profile() as prof:
-            model(x).sum().backward()
-        print(prof.table())
-
-    Blocks do not nest: entering one inside another raises RuntimeError (the outer one goes on).
-    The block closes on an exception too; afterwards the `Profiler` keeps what it recorded and
-    records nothing more.
-    """
+def profiling(profiler) -> Iterator[None]:
+    """The engine's profiling hook: while the block runs, `Function.apply` runs each op's
+    forward as `profiler.call(op_name, "forward", fn.forward, *arrays, **params)` and
+    `backward()` each op's backward as `profiler.call(op_name, "backward", fn.backward, grad)`
+    (`tinynorm.profiler.Profiler` times them). Blocks do not nest."""
     global _profiler
     if _profiler is not None:
         raise RuntimeError("profile() blocks do not nest: one is already active")
-    _profiler = profiler = Profiler()
+    _profiler = profiler
     try:
-        yield profiler
+        yield
     finally:
         _profiler = None
 

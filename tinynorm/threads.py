@@ -15,6 +15,7 @@ runs serial Numba kernels compiled without the GIL and one-thread BLAS calls (wh
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -70,14 +71,15 @@ if hasattr(os, "register_at_fork"):
 def parallel_map(task: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """[task(item) for item in items], the first on the calling thread and the others on a
     pool of worker threads. For tasks that spend their time without the GIL (`nogil` Numba
-    kernels, NumPy's BLAS calls). Returns once every task has ended; a task's exception is
-    raised here (the calling thread's first)."""
+    kernels, NumPy's BLAS calls). Each task sees the caller's context variables (the op a
+    profiler is timing). Returns once every task has ended; a task's exception is raised here
+    (the calling thread's first)."""
     global _workers
     if len(items) <= 1:
         return [task(item) for item in items]
     if _workers is None:
         _workers = ThreadPoolExecutor(numba.config.NUMBA_NUM_THREADS, "tinynorm")
-    futures = [_workers.submit(task, item) for item in items[1:]]
+    futures = [_workers.submit(contextvars.copy_context().run, task, item) for item in items[1:]]
     try:
         first = task(items[0])
     finally:

@@ -11,7 +11,8 @@ inputs to the op that read them. The graph is the one `backward()` would walk: d
 or call `backward(retain_graph=True)` to draw the gradients too (`show_values`).
 
 The DOT text is always returned; `path` writes it (".dot") or renders it with Graphviz's `dot`
-program (".svg", ".png": Debian's `graphviz`, or `pip install graphviz-pure`), atomically.
+program (".svg", ".png": Debian's `graphviz`, or the `viz` extra's `graphviz-pure`, a dot that
+pip installs), atomically.
 """
 
 from __future__ import annotations
@@ -94,11 +95,11 @@ def draw_graph(
     if suffix == ".dot":
         data = dot.encode()
     else:
-        program = shutil.which("dot")
+        program = shutil.which("dot") or shutil.which("graphviz-pure")
         if program is None:
             raise RuntimeError(
-                "draw_graph: rendering needs Graphviz's `dot` program (Debian: apt install "
-                "graphviz; or pip install graphviz-pure); write a .dot file instead"
+                "draw_graph: rendering needs Graphviz's `dot` program (pip install "
+                "'tinynorm[viz]', or Debian's apt install graphviz); write a .dot file instead"
             )
         done = subprocess.run([program, f"-T{suffix[1:]}"], input=dot.encode(), capture_output=True)
         if done.returncode:
