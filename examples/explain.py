@@ -3,11 +3,13 @@
     python -m tinynorm.examples.explain [--norm bn] [--quick] [--out results/explain]
 
 Builds the main job's model (`examples.mnist.build_model`: conv → norm → ReLU → pool, twice,
-then a classifier), runs two training steps on real batches (the bundled mnist-lite digits
-unless told otherwise): the first compiles or loads the kernels, the second runs inside
-`tinynorm.profiler.profile()`. Then it writes into --out, printing where each file is:
+then a classifier) and trains it on real batches (the bundled mnist-lite digits unless told
+otherwise): --warmup steps (3; 1 with --quick) compile or load the kernels and let the memory
+allocator settle (a fresh array's first touch costs page faults: in the second step ReLU's
+kernel still ran at a fifth of its later speed), then one step inside
+`tinynorm.profiler.profile()`. It writes into --out, printing where each file is:
 
-    graph.dot / graph.svg  the second step's autograd graph (`tinynorm.viz.draw_graph`),
+    graph.dot / graph.svg  the profiled step's autograd graph (`tinynorm.viz.draw_graph`),
                            parameters named, values and gradients summarized (the values as
                            the step's update left them); the SVG needs a `dot` program
                            (pip install -e ".[viz]")
@@ -32,7 +34,7 @@ import tinynorm.nn.functional as F
 from tinynorm import kernels, nn, profiler, viz
 from tinynorm.files import atomic_write
 
-from .common import DATASETS, add_data_options, load_data
+from .common import DATASETS, add_data_options, load_data, positive_int
 from .mnist import NORM_HELP, NORMS, build_model
 
 NORM_MODULES = (
@@ -40,8 +42,8 @@ NORM_MODULES = (
     "tinynorm.ops.normalize_mixed",
     "tinynorm.ops.weight_norm",
 )
-QUICK = {"width": 4, "batch_size": 16}
-FULL = {"width": 16, "batch_size": 64}
+QUICK = {"width": 4, "batch_size": 16, "warmup": 1}
+FULL = {"width": 16, "batch_size": 64, "warmup": 3}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,12 +56,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help=f"a narrower model on a smaller batch ({QUICK['width']} channels, batch "
-        f"{QUICK['batch_size']}; explicit options still win)",
+        f"{QUICK['batch_size']}, {QUICK['warmup']} warm-up step; explicit options still win)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=positive_int,
+        help=f"steps before the profiled one (default {FULL['warmup']})",
     )
     p.add_argument(
         "--width", type=int, help=f"channels of the first conv (default {FULL['width']})"
     )
-    p.add_argument("--batch-size", type=int, help=f"default {FULL['batch_size']}")
+    p.add_argument("--batch-size", type=positive_int, help=f"default {FULL['batch_size']}")
     p.add_argument("--out", default="results/explain", help="output directory")
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="default: mnist")
     p.add_argument("--data-dir", help="directory holding the four IDX files")
@@ -71,13 +78,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def training_step(model: nn.Module, optimizer: tn.optim.Optimizer, x, y) -> tn.Tensor:
-    """The main job's step (cross-entropy, zero_grad, backward, step), the graph kept so that
-    it can be drawn; the optimizer's two calls are profiler ranges."""
+def training_step(
+    model: nn.Module, optimizer: tn.optim.Optimizer, x, y, retain_graph: bool = False
+) -> tn.Tensor:
+    """The main job's step (cross-entropy, zero_grad, backward, step); the loss, its graph kept
+    with `retain_graph` (to draw it). The optimizer's two calls are profiler ranges."""
     loss = F.cross_entropy(model(x), y)
     with profiler.record_function("optimizer.zero_grad"):
         optimizer.zero_grad()
-    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=retain_graph)
     with profiler.record_function("optimizer.step"):
         optimizer.step()
     return loss
@@ -108,15 +117,16 @@ def kernel_report(loss: tn.Tensor, prof: profiler.Profiler, launches: dict) -> s
 
 
 def run(args: argparse.Namespace) -> dict[str, Path]:
-    """The two steps and the files; returns {what: path} for each file written."""
-    args.train_limit, args.test_limit = 2 * args.batch_size, 1
-    (x_all, y_all), _, description = load_data(args, min_train=2 * args.batch_size)
+    """The steps and the files; returns {what: path} for each file written."""
+    steps, size = args.warmup + 1, args.batch_size
+    args.train_limit, args.test_limit = steps * size, 1
+    (x_all, y_all), _, description = load_data(args, min_train=steps * size)
     batches = [
-        (tn.tensor(x_all[i : i + args.batch_size]), tn.tensor(y_all[i : i + args.batch_size]))
-        for i in (0, args.batch_size)
+        (tn.tensor(x_all[i : i + size]), tn.tensor(y_all[i : i + size]))
+        for i in range(0, steps * size, size)
     ]
     tn.manual_seed(0)
-    model = build_model(args.norm, total_steps=2, width=args.width)
+    model = build_model(args.norm, total_steps=steps, width=args.width)
     optimizer = tn.optim.SGD(
         model.parameters(), lr=0.02, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
@@ -126,12 +136,13 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
         launches.setdefault(kernel, kernel_args)
         return run_kernel(*kernel_args)
 
-    with kernels.observing(note):
-        first = training_step(model, optimizer, *batches[0])
+    with kernels.observing(note):  # the graphs freed, so later steps reuse their memory
+        losses = [training_step(model, optimizer, *batch).item() for batch in batches[:-1]]
     with profiler.profile() as prof:
-        loss = training_step(model, optimizer, *batches[1])
-    print(f"{description}; model {args.norm}, width {args.width}, batch {args.batch_size}")
-    print(f"losses: {first.item():.4f}, {loss.item():.4f} (the second step profiled)")
+        loss = training_step(model, optimizer, *batches[-1], retain_graph=True)
+    print(f"{description}; model {args.norm}, width {args.width}, batch {size}")
+    shown = ", ".join(f"{v:.4f}" for v in [*losses, loss.item()])
+    print(f"losses: {shown} (the last step profiled)")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

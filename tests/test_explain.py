@@ -1,6 +1,6 @@
-"""`python -m tinynorm.examples.explain --quick`: two real training steps, and the graph, the
-profile, the Chrome trace and the kernel report of the second, each file checked for what a
-reader comes for."""
+"""`python -m tinynorm.examples.explain --quick`: a warm-up step and a profiled one on real
+data, and the graph, the profile, the Chrome trace and the kernel report of the profiled step,
+each file checked for what a reader comes for."""
 
 import json
 import re
