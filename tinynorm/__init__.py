@@ -6,6 +6,7 @@ from . import nn, optim, profiler, viz
 from .autograd import enable_grad, is_grad_enabled, no_grad
 from .creation import arange, ones, rand, randn, zeros
 from .gradcheck import GradcheckError, gradcheck
+from .interop import from_dlpack, from_numpy
 from .memory import keep_freed_memory
 from .ops import cat
 from .profiler import profile
@@ -31,6 +32,8 @@ __all__ = [
     "enable_grad",
     "float32",
     "float64",
+    "from_dlpack",
+    "from_numpy",
     "get_num_threads",
     "gradcheck",
     "int64",

@@ -93,7 +93,15 @@ class Tensor:
         return self.data.ndim
 
     def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return len(self.data)
+
+    def __iter__(self):
+        """The tensor's entries along the first axis, each a tensor (`self[i]`: differentiable)."""
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self)))
 
     def __bool__(self) -> bool:
         if self.data.size != 1:
@@ -106,8 +114,48 @@ class Tensor:
         body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
         extra = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
         extra += "" if self.device == "cpu" else f", device='{self.device}'"
-        extra += ", requires_grad=True" if self.requires_grad else ""
+        if self._fn is not None:
+            extra += f", grad_fn=<{type(self._fn).__name__}>"
+        elif self.requires_grad:
+            extra += ", requires_grad=True"
         return f"tensor({body}{extra})"
+
+    # ---- array protocols: NumPy's and DLPack (`tinynorm.interop` brings arrays in) ----
+    def __array__(self, dtype=None, copy: bool | None = None) -> np.ndarray:
+        """`np.asarray(t)`, matplotlib, pandas: the data itself, no copy, unless `dtype`
+        differs or `copy=True` (NumPy 2's rules: `copy=False` refuses a conversion that must
+        copy). A CUDA tensor's data is not in host memory: `.cpu()` it first, as in PyTorch."""
+        if self.device != "cpu":
+            raise TypeError(
+                f"can't convert a {self.device} tensor to a NumPy array: call .cpu() first to "
+                "copy it to host memory"
+            )
+        array = self.data
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            if copy is False:
+                raise ValueError(
+                    f"converting a {array.dtype} tensor to {np.dtype(dtype)} needs a copy, "
+                    "which copy=False forbids"
+                )
+            return array.astype(dtype)
+        return array.copy() if copy else array
+
+    def __dlpack__(self, *, stream=None, **options):
+        """Export through DLPack without a copy (`torch.from_dlpack(t)`, `np.from_dlpack(t)`,
+        `cupy.from_dlpack(t)`): the consumer shares this tensor's memory. `options`
+        (max_version, dl_device, copy) pass on to the array's own `__dlpack__`. A tensor that
+        requires grad is refused, as in PyTorch: the consumer could not see its graph; export
+        `t.detach()`."""
+        if self.requires_grad:
+            raise RuntimeError(
+                "can't export a tensor that requires grad through DLPack: use tensor.detach()"
+            )
+        given = {k: v for k, v in options.items() if v is not None}
+        return self.data.__dlpack__(stream=stream, **given)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """(DLPack device type, device index): (1, 0) for the CPU, (2, i) for CUDA GPU i."""
+        return self.data.__dlpack_device__()
 
     # ---- autograd ---------------------------------------------------------------------
     def backward(self, grad: Tensor | None = None, retain_graph: bool = False) -> None:
