@@ -9,12 +9,18 @@ coefficients of `combine` (alpha, beta, delta), which are float64 (see `kernels`
 Arrays cross zero-copy through `__cuda_array_interface__`; outputs are allocated with the
 array module of the input (CuPy on a GPU; NumPy under Numba's CUDA simulator in the tests).
 
+Every launch goes through `_launch`, which launches nothing for a grid without blocks (CUDA
+refuses one; the simulator would run nothing silently). Outputs are allocated C-contiguous.
+
 Reductions are two-stage. Stage 1: a block of THREADS threads reduces one chunk of CHUNK values
 of one row in shared memory, so a few long rows still fill the GPU with (rows × chunks) blocks
-(rows on the grid's x axis, which allows 2³¹ - 1 blocks; chunks on y, at most 65,535).
-Stage 2 folds the per-chunk partials of each row on the (rows, chunks) arrays: plain sums for
-gradient sums, `formulas.pool_moments` (Chan's formula) for the moments. Elementwise
-kernels use one thread per value with consecutive threads on consecutive addresses (coalesced).
+(rows on the grid's x axis, which allows 2³¹ - 1 blocks; chunks on y, at most MAX_GRID_Y: a
+longer row gets longer chunks, `_chunking`). Stage 2 folds the per-chunk partials of each row
+on the (rows, chunks) arrays, when a row has more than one: plain sums for gradient sums,
+`formulas.pool_moments` (Chan's formula) for the moments. The row kernels' elementwise passes
+(`_normalize`, `_combine`) run on the same 2-d grid, a block per (row, span of THREADS values),
+looping when the spans outnumber MAX_GRID_Y: no division per value. The other elementwise
+kernels use one thread per value, consecutive threads on consecutive addresses (coalesced).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .formulas import pool_moments
 # threads per block (a power of two); the simulator runs each thread in Python, so it gets fewer
 THREADS = 32 if config.ENABLE_CUDASIM else 128
 CHUNK = 8 * THREADS  # values of one row reduced by one block
+MAX_GRID_Y = 65_535  # blocks along a grid's y (and z) axis: CUDA's limit
 
 
 @cuda.jit(device=True)
@@ -49,7 +56,7 @@ def _block_sum(shared, value):
     return total
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _chunk_moments(x, S, chunk, mean_out, m2_out):
     """Block (row r, chunk j): mean and M2 of x[r, j·chunk : (j+1)·chunk], two passes."""
     r, j = cuda.blockIdx.x, cuda.blockIdx.y
@@ -70,7 +77,7 @@ def _chunk_moments(x, S, chunk, mean_out, m2_out):
         m2_out[r, j] = sq
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _chunk_grad_sums(dy, x, center, w, has_w, C, S, chunk, g_out, gx_out):
     """Block (row r, chunk j): Σ dy·w and Σ dy·w·(x - center[r]) over the chunk."""
     r, j = cuda.blockIdx.x, cuda.blockIdx.y
@@ -93,36 +100,34 @@ def _chunk_grad_sums(dy, x, center, w, has_w, C, S, chunk, g_out, gx_out):
         gx_out[r, j] = b
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _normalize(x, center, scale, shift, w, b, has_w, C, S, y):
-    """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s], one thread per value."""
-    k = cuda.grid(1)
-    if k >= x.size:
-        return
-    r, s = k // S, k % S
-    v = (x[r, s] - center[r]) * scale[r]
-    if has_w:
-        c = r % C
-        y[r, s] = v * w[c, s] + (shift[r] + b[c, s])
-    else:
-        y[r, s] = v + shift[r]
+    """Block (row r, span j): y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s]
+    for s = j·THREADS + thread, stepping by the grid's spans."""
+    r = cuda.blockIdx.x
+    m, a, d, c = center[r], scale[r], shift[r], r % C
+    for s in range(cuda.blockIdx.y * THREADS + cuda.threadIdx.x, S, cuda.gridDim.y * THREADS):
+        v = (x[r, s] - m) * a
+        if has_w:
+            y[r, s] = v * w[c, s] + (d + b[c, s])
+        else:
+            y[r, s] = v + d
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _combine(dy, x, center, alpha, beta, delta, w, has_w, C, S, dx):
-    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r], computed in float64
-    (alpha, beta, delta are) and stored in dx's dtype."""
-    k = cuda.grid(1)
-    if k >= x.size:
-        return
-    r, s = k // S, k % S
-    g = dy[r, s]
-    if has_w:
-        g *= w[r % C, s]
-    dx[r, s] = alpha[r] * g + beta[r] * (x[r, s] - center[r]) + delta[r]
+    """Block (row r, span j): dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) +
+    delta[r], computed in float64 (alpha, beta, delta are) and stored in dx's dtype."""
+    r = cuda.blockIdx.x
+    m, a, bt, d, c = center[r], alpha[r], beta[r], delta[r], r % C
+    for s in range(cuda.blockIdx.y * THREADS + cuda.threadIdx.x, S, cuda.gridDim.y * THREADS):
+        g = dy[r, s]
+        if has_w:
+            g *= w[c, s]
+        dx[r, s] = a * g + bt * (x[r, s] - m) + d
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _column_grad_sums(dy, x, center, scale, N, C, S, db, dw):
     """Thread per position p = (c, s): Σ_n dy and Σ_n dy·x̂ (reads are coalesced over s)."""
     p = cuda.grid(1)
@@ -145,8 +150,31 @@ def _rows(x):
     return x.reshape(N * C, S)
 
 
-def _grid(size: int) -> int:
-    return max(1, math.ceil(size / THREADS))
+def _grid(size: int) -> tuple[int]:
+    """A 1-d grid of one thread per value."""
+    return (math.ceil(size / THREADS),)
+
+
+def _spans(rows: int, S: int) -> tuple[int, int]:
+    """The 2-d grid of the row kernels' elementwise passes: (rows, spans of THREADS values)."""
+    return rows, min(math.ceil(S / THREADS), MAX_GRID_Y)
+
+
+def _chunking(S: int, chunk: int) -> tuple[int, int]:
+    """(chunk, chunks) for reducing rows of S values, a block per chunk: `chunk` values a
+    block, grown (a whole number of THREADS) until the chunks fit on grid y."""
+    chunks = math.ceil(S / chunk)
+    if chunks > MAX_GRID_Y:
+        chunk = -(-S // (MAX_GRID_Y * THREADS)) * THREADS
+        chunks = math.ceil(S / chunk)
+    return chunk, chunks
+
+
+def _launch(kernel, grid: tuple[int, ...], *args) -> None:
+    """kernel[grid, THREADS](*args), the one place a kernel is launched; nothing for a grid
+    without blocks."""
+    if 0 not in grid:
+        kernel[grid, THREADS](*args)
 
 
 def _table(w, x):
@@ -157,49 +185,61 @@ def _table(w, x):
 
 
 def row_moments(x, chunk: int = CHUNK):
-    """x (N, C, S) -> mean (N, C), m2 (N, C) in float64 (see cpu.row_moments)."""
+    """x (N, C, S) -> mean (N, C), m2 (N, C) in float64 (see cpu.row_moments; S = 0: mean
+    NaN, m2 0)."""
     xp = get_array_module(x)
     N, C, S = x.shape
-    chunks = math.ceil(S / chunk)
+    if S == 0:
+        return xp.full((N, C), np.nan), xp.zeros((N, C))
+    chunk, chunks = _chunking(S, chunk)
     mean = xp.empty((N * C, chunks))
     m2 = xp.empty((N * C, chunks))
-    _chunk_moments[(N * C, chunks), THREADS](_rows(x), S, chunk, mean, m2)
-    counts = xp.asarray([min(chunk, S - j * chunk) for j in range(chunks)], dtype=np.float64)
-    row_mean, row_m2, _ = pool_moments(mean, m2, counts, 1)
-    return row_mean.reshape(N, C), row_m2.reshape(N, C)
+    _launch(_chunk_moments, (N * C, chunks), _rows(x), S, chunk, mean, m2)
+    if chunks > 1:  # the last chunk may be short: S - (chunks - 1)·chunk values
+        counts = xp.full(chunks, float(chunk))
+        counts[-1] = S - (chunks - 1) * chunk
+        mean, m2, _ = pool_moments(mean, m2, counts, 1)
+    return mean.reshape(N, C), m2.reshape(N, C)
 
 
 def row_grad_sums(dy, x, center, w=None, chunk: int = CHUNK):
     """Per row, in float64: Σ dy·w, Σ dy·w·(x - center[r]) (see cpu.row_grad_sums)."""
     xp = get_array_module(x)
     N, C, S = x.shape
-    chunks = math.ceil(S / chunk)
+    if S == 0:
+        return xp.zeros((N, C)), xp.zeros((N, C))
+    chunk, chunks = _chunking(S, chunk)
     g = xp.empty((N * C, chunks))
     gx = xp.empty((N * C, chunks))
-    _chunk_grad_sums[(N * C, chunks), THREADS](
-        _rows(dy), _rows(x), center.reshape(-1), *_table(w, x), C, S, chunk, g, gx
+    _launch(
+        _chunk_grad_sums,
+        (N * C, chunks),
+        *(_rows(dy), _rows(x), center.reshape(-1), *_table(w, x), C, S, chunk, g, gx),
     )
-    return g.sum(axis=1).reshape(N, C), gx.sum(axis=1).reshape(N, C)
+    if chunks > 1:
+        g, gx = g.sum(axis=1), gx.sum(axis=1)
+    return g.reshape(N, C), gx.reshape(N, C)
 
 
 def normalize(x, center, scale, shift, w=None, b=None):
     """y = (x - center[r]) · scale[r] · w[c, s] + shift[r] + b[c, s] (see cpu.normalize)."""
-    C, S = x.shape[1:]
-    y = get_array_module(x).empty_like(x)
+    N, C, S = x.shape
+    y = get_array_module(x).empty(x.shape, x.dtype)  # C-contiguous: `_rows(y)` is a view
     rows = [a.reshape(-1) for a in (center, scale, shift)]
     w, has_w = _table(w, x)
     b = w * 0 if b is None else b
-    _normalize[_grid(x.size), THREADS](_rows(x), *rows, w, b, has_w, C, S, _rows(y))
+    _launch(_normalize, _spans(N * C, S), _rows(x), *rows, w, b, has_w, C, S, _rows(y))
     return y
 
 
 def combine(dy, x, center, alpha, beta, delta, w=None):
     """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r] (see cpu.combine);
     center in x's dtype, alpha, beta, delta in float64."""
-    C, S = x.shape[1:]
-    dx = get_array_module(x).empty_like(x)
+    N, C, S = x.shape
+    dx = get_array_module(x).empty(x.shape, x.dtype)
     rows = [a.reshape(-1) for a in (center, alpha, beta, delta)]
-    _combine[_grid(x.size), THREADS](_rows(dy), _rows(x), *rows, *_table(w, x), C, S, _rows(dx))
+    grid = _spans(N * C, S)
+    _launch(_combine, grid, _rows(dy), _rows(x), *rows, *_table(w, x), C, S, _rows(dx))
     return dx
 
 
@@ -209,13 +249,12 @@ def column_grad_sums(dy, x, center, scale):
     N, C, S = x.shape
     db = xp.empty((C, S))
     dw = xp.empty((C, S))
-    _column_grad_sums[_grid(C * S), THREADS](
-        _rows(dy), _rows(x), center.reshape(-1), scale.reshape(-1), N, C, S, db, dw
-    )
+    args = (_rows(dy), _rows(x), center.reshape(-1), scale.reshape(-1), N, C, S, db, dw)
+    _launch(_column_grad_sums, _grid(C * S), *args)
     return db, dw
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
     """One thread per element of cols (N, C, kh, kw, OH, OW), consecutive threads along ow."""
     t = cuda.grid(1)
@@ -232,7 +271,7 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
     cols[n, c, i, j, oh, ow] = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else 0
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _col2im(cols, sh, sw, ph, pw, dx):
     """One thread per element of dx (N, C, H, W): it gathers the window entries that came from
     its position (no atomics needed)."""
@@ -260,17 +299,17 @@ def _col2im(cols, sh, sw, ph, pw, dx):
 
 def im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
     """See cpu.im2col."""
-    _im2col[_grid(cols.size), THREADS](x, kh, kw, sh, sw, ph, pw, OH, OW, cols)
+    _launch(_im2col, _grid(cols.size), x, kh, kw, sh, sw, ph, pw, OH, OW, cols)
     return cols
 
 
 def col2im(cols, sh, sw, ph, pw, dx):
     """See cpu.col2im."""
-    _col2im[_grid(dx.size), THREADS](cols, sh, sw, ph, pw, dx)
+    _launch(_col2im, _grid(dx.size), cols, sh, sw, ph, pw, dx)
     return dx
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _max_pool(x, kh, kw, sh, sw, ph, pw, y, arg):
     """One thread per output value (see cpu.max_pool)."""
     t = cuda.grid(1)
@@ -294,7 +333,7 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, y, arg):
     arg[n, c, oh, ow] = where
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx):
     """One thread per input value: it gathers dy from the windows whose argmax it is."""
     t = cuda.grid(1)
@@ -317,11 +356,11 @@ def _max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx):
 
 def max_pool(x, kh, kw, sh, sw, ph, pw, y, arg):
     """See cpu.max_pool."""
-    _max_pool[_grid(y.size), THREADS](x, kh, kw, sh, sw, ph, pw, y, arg)
+    _launch(_max_pool, _grid(y.size), x, kh, kw, sh, sw, ph, pw, y, arg)
     return y
 
 
 def max_pool_backward(dy, arg, kh, kw, sh, sw, ph, pw, dx):
     """See cpu.max_pool_backward."""
-    _max_pool_backward[_grid(dx.size), THREADS](dy, arg, kh, kw, sh, sw, ph, pw, dx)
+    _launch(_max_pool_backward, _grid(dx.size), dy, arg, kh, kw, sh, sw, ph, pw, dx)
     return dx
