@@ -33,7 +33,7 @@ from tqdm import tqdm
 import tinynorm as tn
 import tinynorm.distributed as dist
 import tinynorm.nn.functional as F
-from tinynorm import nn
+from tinynorm import backend, nn
 from tinynorm.data import MNIST, DataLoader, DistributedSampler, FashionMNIST
 from tinynorm.files import atomic_write
 from tinynorm.nn.utils import weight_norm
@@ -73,6 +73,9 @@ CONFIG_CHECKS = {  # what a checkpoint records of its run, and what each must be
     "dataset": lambda v: v in DATASETS,
 }
 NORMS = ("none", *BY_KEY, "wn")
+# training steps between reads of the loss and accuracy back to the host: free on the CPU, a
+# device sync on a GPU (so there a NaN loss is caught up to 20 steps late)
+SYNC_EVERY = {"cpu": 1, "cuda": 20}
 NORM_HELP = (
     "none: no normalization; "
     + "; ".join(f"{key}: {variant.summary}" for key, variant in BY_KEY.items())
@@ -376,6 +379,8 @@ def run(args: argparse.Namespace) -> float:
             sampler.set_epoch(epoch)  # the permutation of one process's epoch, shared out
             loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler)
         loss_sum = correct = seen = 0
+        every = SYNC_EVERY[backend.check_device(args.device)]
+        window_loss = window_correct = window_seen = 0  # device-side sums since the last read
         bar = tqdm(
             loader,
             desc=f"epoch {epoch + 1}/{args.epochs}",
@@ -389,16 +394,19 @@ def run(args: argparse.Namespace) -> float:
             x, y = x.to(args.device), y.to(args.device)
             logits = replica(x)
             loss = F.cross_entropy(logits, y)
-            where = f"epoch {epoch + 1}, step {step} of {steps_per_epoch}"
-            value = check_finite_loss(loss.item(), where, args.lr)
+            window_loss = window_loss + loss.data * len(y)
+            window_correct = window_correct + (logits.data.argmax(axis=1) == y.data).sum()
+            window_seen += len(y)
+            if step % every == 0 or step == steps_per_epoch:  # read back, before the update
+                where = f"epoch {epoch + 1}, step {step} of {steps_per_epoch}"
+                check_finite_loss(float(window_loss) / window_seen, where, args.lr)
+                loss_sum, correct = loss_sum + float(window_loss), correct + int(window_correct)
+                seen += window_seen
+                window_loss = window_correct = window_seen = 0
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
             opt.zero_grad()
             loss.backward()
             opt.step()
-            n = len(y)
-            loss_sum += value * n
-            correct += int((logits.argmax(dim=1).numpy() == y.numpy()).sum())
-            seen += n
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
         schedule.step()
         if world is not None:  # the whole global batch's loss and accuracy
             loss_sum, correct, seen = world.all_reduce(np.array([loss_sum, correct, seen]))

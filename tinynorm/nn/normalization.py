@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
+from ..backend import get_array_module
 from ..ops.normalize import check_dtype
 from ..tensor import Tensor
 from .module import Module, Parameter
@@ -282,30 +283,35 @@ class _BatchRenorm(_Synced):
         self.rmax, self.dmax = rmax, dmax
         self.warmup_steps, self.rmax_steps, self.dmax_steps = warmup_steps, rmax_steps, dmax_steps
 
-    @staticmethod
-    def _ramp(step: int, start: int, end: int) -> float:
-        """0 before `start`, 1 from `end` on, linear in between."""
-        if step < start:
-            return 0.0
-        return 1.0 if end <= start else min(1.0, (step - start) / (end - start))
-
     def scale_schedule(self, total_steps: int) -> None:
         """The paper's schedule (warm-up 5k, rmax at 40k, dmax at 25k of 40k steps) fitted to a
         run of `total_steps`: warm-up 1/8, rmax at the end, dmax at 5/8 of it."""
         self.warmup_steps, self.rmax_steps = total_steps // 8, total_steps
         self.dmax_steps = total_steps * 5 // 8
 
+    def _limits(self):
+        """(rmax, dmax) for the next training step, as 0-d float64 arrays computed where the
+        step counter lives: on a GPU, without reading it back to the host. Each limit ramps
+        linearly from its start value at `warmup_steps` to its end value at its own step."""
+        step = self.num_batches_tracked.data.astype(np.float64)
+        xp = get_array_module(step)
+
+        def ramp(end: int):  # 0 before the warm-up ends, 1 from `end` on, linear in between
+            start = self.warmup_steps
+            if end <= start:
+                return xp.where(step < start, 0.0, 1.0)
+            return xp.clip((step - start) / (end - start), 0.0, 1.0)
+
+        return 1 + (self.rmax - 1) * ramp(self.rmax_steps), self.dmax * ramp(self.dmax_steps)
+
     @property
     def current_limits(self) -> tuple[float, float]:
         """(rmax, dmax) for the next training step."""
-        step = int(self.num_batches_tracked.data)
-        r = 1 + (self.rmax - 1) * self._ramp(step, self.warmup_steps, self.rmax_steps)
-        d = self.dmax * self._ramp(step, self.warmup_steps, self.dmax_steps)
-        return r, d
+        return tuple(float(limit) for limit in self._limits())
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        rmax, dmax = self.current_limits
+        rmax, dmax = self._limits()
         if self._is_step(x):
             self.num_batches_tracked.data += 1
         return ops.batch_renorm(
@@ -611,9 +617,11 @@ class BatchLayerNorm(_NormBase):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         factor = self._count_step(x)
+        m = x.shape[0]
         if self._is_step(x):
-            self.batch_size.data[...] = x.shape[0]
-        m = int(self.batch_size.data) or x.shape[0]
+            self.batch_size.data[...] = m
+        elif not self.training:  # the training batch size, read back once per eval call
+            m = int(self.batch_size.data) or m
         fixed = not self.training and not self.eval_batch_stats
         return ops.batch_layer_norm(
             x,

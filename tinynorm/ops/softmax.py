@@ -46,14 +46,20 @@ class LogSoftmax(Function):
 
 class CrossEntropy(Function):
     """Fused loss for logits (N, K) and labels (N,):
-    L = -1/N Σ_n log softmax(x_n)[t_n];  dL/dx = (softmax(x) - onehot(t)) / N."""
+    L = -1/N Σ_n log softmax(x_n)[t_n];  dL/dx = (softmax(x) - onehot(t)) / N.
+    With `poison_bad_labels` (the GPU path), a label outside [0, K) makes L NaN."""
 
-    def forward(self, logits, target):
+    def forward(self, logits, target, poison_bad_labels: bool = False):
         xp = backend.get_array_module(logits)
         logp = _log_softmax(logits, axis=1)
+        bad = None
+        if poison_bad_labels:  # gather in bounds, and poison the loss
+            bad = ((target < 0) | (target >= logits.shape[1])).any()
+            target = xp.clip(target, 0, logits.shape[1] - 1)
         rows = xp.arange(len(target))
         self.p, self.rows, self.target = xp.exp(logp), rows, target
-        return -logp[rows, target].mean()
+        loss = -logp[rows, target].mean()
+        return loss if bad is None else xp.where(bad, xp.nan, loss).astype(loss.dtype)
 
     def backward(self, grad):
         dx = self.p.copy()
@@ -70,7 +76,9 @@ def log_softmax(x: Tensor, dim: int) -> Tensor:
 
 
 def cross_entropy(logits: Tensor, target) -> Tensor:
-    """Mean cross-entropy of `logits` (N, K) against integer class indices `target` (N,)."""
+    """Mean cross-entropy of `logits` (N, K) against integer class indices `target` (N,).
+    A class index outside [0, K) raises IndexError on the CPU; on a GPU it makes the loss NaN
+    (raising would need the labels on the host at every step)."""
     labels = target.data if isinstance(target, Tensor) else target
     xp = backend.get_array_module(logits.data)
     labels = xp.asarray(labels)
@@ -83,11 +91,13 @@ def cross_entropy(logits: Tensor, target) -> Tensor:
             f"cross_entropy expects logits (N, K) and target (N,), "
             f"got {logits.shape} and {labels.shape}"
         )
-    if labels.size:
+    on_gpu = backend.is_cupy(labels)
+    if labels.size and not on_gpu:  # on a GPU this check would read the labels back every step
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= logits.shape[1]:
             bad = low if low < 0 else high
             raise IndexError(
                 f"cross_entropy: class index {bad} is out of range for {logits.shape[1]} classes"
             )
-    return CrossEntropy.apply(logits, target=labels.astype(np.intp, copy=False))
+    target = labels.astype(np.intp, copy=False)
+    return CrossEntropy.apply(logits, target=target, poison_bad_labels=on_gpu)
