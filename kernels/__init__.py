@@ -193,10 +193,17 @@ def _view(x):
 
 
 def _filled(shape, a, x, dtype=None):
-    """A fresh contiguous array of `shape` in `dtype` (default x's) holding `a` broadcast."""
-    out = get_array_module(x).empty(shape, x.dtype if dtype is None else dtype)
-    out[...] = a
-    return out
+    """`a` broadcast to `shape` as a contiguous array in `dtype` (default x's): `a` itself
+    when it is one already, else one copy (or one fill, for a number)."""
+    xp, dtype = get_array_module(x), x.dtype if dtype is None else dtype
+    if not hasattr(a, "shape"):
+        return xp.full(shape, a, dtype)
+    shape = tuple(np.atleast_1d(shape))
+    while a.ndim > len(shape) and a.shape[0] == 1:  # as assignment does: (1, C) fills (C,)
+        a = a[0]
+    if a.shape != shape:
+        a = xp.broadcast_to(a, shape)  # a read-only view: the next line copies it
+    return xp.ascontiguousarray(a, dtype=dtype)
 
 
 def _rows(a, x, dtype=None):

@@ -178,9 +178,10 @@ def _launch(kernel, grid: tuple[int, ...], *args) -> None:
 
 
 def _table(w, x):
-    """An affine table (C, S), or a 1×1 placeholder when there is none, and the flag."""
+    """An affine table (C, S), or a 1×1 placeholder when there is none (never read: an
+    allocation, no launch), and the flag."""
     if w is None:
-        return get_array_module(x).zeros((1, 1), x.dtype), False
+        return get_array_module(x).empty((1, 1), x.dtype), False
     return w, True
 
 
@@ -227,7 +228,7 @@ def normalize(x, center, scale, shift, w=None, b=None):
     y = get_array_module(x).empty(x.shape, x.dtype)  # C-contiguous: `_rows(y)` is a view
     rows = [a.reshape(-1) for a in (center, scale, shift)]
     w, has_w = _table(w, x)
-    b = w * 0 if b is None else b
+    b = w if b is None else b  # read only where w is
     _launch(_normalize, _spans(N * C, S), _rows(x), *rows, w, b, has_w, C, S, _rows(y))
     return y
 

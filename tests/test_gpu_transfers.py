@@ -1,10 +1,13 @@
-"""No device-to-host transfer inside a training step on the GPU path (issue 20).
+"""What a training step costs the GPU path in transfers and launches (issue 20), without a GPU.
 
 `DeviceArray`, a NumPy array that stands in for a CuPy one, records every read back to the host
-(`int()`, `float()`, `bool()`, `.item()`, `.tolist()`, `.get()`); `FakeCuPy`, NumPy standing in
-for the CuPy module, hands out DeviceArrays. With both routed in, and every kernel call on the
-CUDA kernels (Numba's simulator here), one training step of the main job's model, for each of
-its normalizations, must read nothing back.
+(`int()`, `float()`, `bool()`, `.item()`, `.tolist()`, `.get()`) and every operation that
+would be a launch on a GPU (a ufunc or reduction, a copy or cast, a write, a gather);
+`FakeCuPy`, NumPy standing in for the CuPy module, hands out DeviceArrays and counts its calls
+that make arrays. With both routed in, and every kernel call on the CUDA kernels (Numba's
+simulator here, counted at `cuda._launch`): one training step of the main job's model, and of
+each of its normalizations, must read nothing back; and a norm layer's forward and backward
+must not launch more than they did when this was measured (the target is 4 each).
 """
 
 import numpy as np
@@ -15,13 +18,53 @@ from tinynorm.kernels import cuda
 
 import tinynorm as tn
 import tinynorm.nn.functional as F
-from tinynorm import backend, kernels
+from tinynorm import backend, kernels, nn
+from tinynorm.variants import BY_KEY
 
 READS: list[str] = []
+LAUNCHES: list[str] = []  # array operations and Numba kernels, as a GPU would launch them
+IN_KERNEL = []  # non-empty while a simulated kernel runs: its element accesses are no launches
+
+
+def launch(what: str) -> None:
+    if not IN_KERNEL:
+        LAUNCHES.append(what)
+
+
+def fancy(index) -> bool:
+    """Whether indexing with `index` gathers (arrays in it) rather than takes a view."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(p, (np.ndarray, list)) for p in parts)
 
 
 class DeviceArray(np.ndarray):
-    """A NumPy array playing a CuPy one: each read back to the host is logged in READS."""
+    """A NumPy array playing a CuPy one: each read back to the host is logged in READS, each
+    operation a GPU would launch in LAUNCHES."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        launch(f"{ufunc.__name__}.{method}")
+        plain = [i.view(np.ndarray) if isinstance(i, DeviceArray) else i for i in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(o.view(np.ndarray) for o in kwargs["out"])
+        return on_device(getattr(ufunc, method)(*plain, **kwargs))
+
+    def astype(self, dtype, *args, copy=True, **kwargs):
+        if copy or np.dtype(dtype) != self.dtype:
+            launch("astype")
+        return super().astype(dtype, *args, copy=copy, **kwargs)
+
+    def copy(self, *args, **kwargs):
+        launch("copy")
+        return super().copy(*args, **kwargs)
+
+    def __setitem__(self, index, value):
+        launch("setitem")
+        super().__setitem__(index, value)
+
+    def __getitem__(self, index):
+        if fancy(index):
+            launch("gather")
+        return super().__getitem__(index)
 
     def _read(self, how: str):
         READS.append(f"{how} of {self.shape} {self.dtype}")
@@ -57,14 +100,33 @@ def on_device(out):
     return out
 
 
+# calls that make a view, or only allocate (no kernel runs): no launch
+VIEWS = {"reshape", "broadcast_to", "asarray", "ascontiguousarray", "transpose", "moveaxis"}
+VIEWS |= {"empty", "empty_like"}
+
+
 class FakeCuPy:
-    """NumPy standing in for the CuPy module: its arrays are DeviceArrays."""
+    """NumPy standing in for the CuPy module: its arrays are DeviceArrays; each call that makes
+    an array (not a view, not one already there) counts as a launch."""
 
     def __getattr__(self, name):
         attribute = getattr(np, name)
-        if isinstance(attribute, type) or not callable(attribute):
+        if (
+            isinstance(attribute, type)
+            or not callable(attribute)
+            or isinstance(attribute, np.ufunc)
+        ):
             return attribute
-        return lambda *args, **kwargs: on_device(attribute(*args, **kwargs))
+
+        def call(*args, **kwargs):
+            out = attribute(*args, **kwargs)
+            if name not in VIEWS or not any(
+                out is a or np.shares_memory(out, a) for a in args if isinstance(a, np.ndarray)
+            ):
+                launch(f"xp.{name}")
+            return on_device(out)
+
+        return call
 
 
 @pytest.fixture
@@ -91,6 +153,18 @@ def fake_gpu(monkeypatch):
         monkeypatch.setattr(f"tinynorm.{name}.get_array_module", module_of, raising=False)
     monkeypatch.setattr(cuda, "get_array_module", module_of)
     monkeypatch.setattr(kernels, "_impl", lambda a: cuda if is_device(a) else kernels._cpu)
+    run_kernel = cuda._launch
+
+    def counted(kernel, grid, *args):
+        if 0 not in grid:
+            launch(f"kernel {kernel.__name__}")
+        IN_KERNEL.append(kernel)
+        try:
+            run_kernel(kernel, grid, *args)
+        finally:
+            IN_KERNEL.pop()
+
+    monkeypatch.setattr(cuda, "_launch", counted)
     READS.clear()
     return READS
 
@@ -141,3 +215,50 @@ def test_an_out_of_range_label_poisons_the_loss_on_a_gpu(fake_gpu):
     assert fake_gpu == [] and np.isnan(loss.data.view(np.ndarray))
     with pytest.raises(IndexError, match="class index 3 is out of range"):  # the CPU raises
         F.cross_entropy(tn.zeros(2, 3), tn.tensor([0, 3]))
+
+
+# A norm layer's launches per forward and per backward on (2, 4, 3, 2) (BN and its kin, the
+# per-sample norms, the mixtures), as measured on 2026-11-28 before any fusion: a ceiling, so
+# that a change that adds launches fails here. Issue 20's target is 4 each way.
+MEASURED = {  # (forward, backward)
+    "bn": (38, 37),
+    "brn": (51, 39),
+    "ln": (24, 31),
+    "in": (25, 34),
+    "gn": (25, 34),
+    "mobn": (29, 34),
+    "bin": (56, 87),
+    "sn": (72, 69),
+    "bln": (65, 81),
+    "rms": (28, 30),
+    "frn": (30, 38),
+}
+
+
+def launches_of(layer, shape=(2, 4, 3, 2)) -> tuple[list[str], list[str]]:
+    """The launches of one forward and one backward (input and parameter gradients included)
+    of `layer` on DeviceArrays."""
+    layer = layer.double()
+    for t in [*layer.parameters(), *layer.buffers()]:
+        t.data = on_device(t.data)
+    rng = np.random.default_rng(0)
+    x = tn.Tensor(on_device(rng.standard_normal(shape)), requires_grad=True)
+    g = on_device(rng.standard_normal(shape))
+    LAUNCHES.clear()
+    y = layer(x)
+    forward = list(LAUNCHES)
+    LAUNCHES.clear()
+    y.backward(g)
+    return forward, list(LAUNCHES)
+
+
+@pytest.mark.filterwarnings("ignore:Host array used in CUDA kernel")
+@pytest.mark.parametrize("kind", list(BY_KEY))
+def test_a_norm_layer_launches_no_more_than_measured(fake_gpu, kind):
+    tn.manual_seed(0)
+    forward, backward = launches_of(BY_KEY[kind].make(nn, (2, 4, 3, 2)))
+    assert fake_gpu == []
+    assert sum(a.startswith("kernel") for a in forward) >= 1
+    most_forward, most_backward = MEASURED[kind]
+    assert len(forward) <= most_forward, forward
+    assert len(backward) <= most_backward, backward
