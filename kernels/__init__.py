@@ -201,8 +201,10 @@ def _filled(shape, a, x, dtype=None):
     shape = tuple(np.atleast_1d(shape))
     while a.ndim > len(shape) and a.shape[0] == 1:  # as assignment does: (1, C) fills (C,)
         a = a[0]
-    if a.shape != shape:
-        a = xp.broadcast_to(a, shape)  # a read-only view: the next line copies it
+    if a.shape != shape or (isinstance(a, np.ndarray) and not a.flags.writeable):
+        # a copy: of the broadcast view, or of a read-only array (a kernel compiled for
+        # writable arrays would compile again for it)
+        return xp.array(xp.broadcast_to(a, shape), dtype=dtype, order="C")
     return xp.ascontiguousarray(a, dtype=dtype)
 
 
