@@ -249,11 +249,12 @@ def write_json(path: str, info: dict, rows: list[dict], **settings: Any) -> None
         f.write("\n")
 
 
-def run_in_process(python: str, script: str, spec: dict) -> dict | None:
+def run_in_process(python: str, script: str, spec: dict, path: str | None = None) -> dict | None:
     """Run `script --child SPEC` (the spec as JSON) in a fresh `python` process and return the
-    JSON object it prints last; None when it exits with 3 (its framework is not installed)."""
+    JSON object it prints last; None when it exits with 3 (its framework is not installed).
+    `path`: a folder put first on the child's import path (another installed tinynorm)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    paths = [here, *filter(None, [os.environ.get("PYTHONPATH")])]
+    paths = [*filter(None, [path]), here, *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # so the child finds `common`
     done = subprocess.run(
         [python, script, "--child", json.dumps(spec)], capture_output=True, text=True, env=env

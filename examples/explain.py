@@ -25,7 +25,6 @@ docs/TOUR.md follows this step through the code, file by file.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -130,13 +129,8 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     optimizer = tn.optim.SGD(
         model.parameters(), lr=0.02, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
-    launches: dict[str, tuple] = {}  # each kernel's first arguments, for `report`
-
-    def note(kernel: str, run_kernel, kernel_args: tuple):
-        launches.setdefault(kernel, kernel_args)
-        return run_kernel(*kernel_args)
-
-    with kernels.observing(note):  # the graphs freed, so later steps reuse their memory
+    # each kernel's first arguments, for `report`; the graphs freed, so later steps reuse memory
+    with kernels.first_launches() as launches:
         losses = [training_step(model, optimizer, *batch).item() for batch in batches[:-1]]
     with profiler.profile() as prof:
         loss = training_step(model, optimizer, *batches[-1], retain_graph=True)
@@ -148,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = {"graph (DOT)": out / "graph.dot"}
     viz.draw_graph(loss, written["graph (DOT)"], module=model, show_values=True)
-    if shutil.which("dot") or shutil.which("graphviz-pure"):
+    if viz.dot_program():
         written["graph (SVG)"] = out / "graph.svg"
         viz.draw_graph(loss, written["graph (SVG)"], module=model, show_values=True)
     else:

@@ -17,18 +17,26 @@ and their twins for an (N, C) array whose channels are columns (batch norm of a 
 layer's output, no transpose), with per-column arguments (C,): `column_moments`,
 `normalize_columns`, `column_sums`, `combine_columns`;
 
-and, for the per-sample statistics (IN, GN, LN, RMSNorm, FRN), each over a run of k
-consecutive rows, the same work fused per run while it is in cache (on a GPU: composed from the
-kernels above); c is the run's mean, or 0 when not `centered` (then var = ⟨x²⟩):
+and a whole normalization with batch statistics, each statistic over a run of k consecutive
+rows of one sample (IN, GN, LN, RMSNorm, FRN) or of every sample (`across_batch`: BN, mean-only
+BN); c is the statistic's mean, or 0 when not `centered` (then var = ⟨x²⟩):
 
-    normalize_runs(x, k, eps, gamma, beta, w, b, centered)
-                                            ρ = 1/sqrt(var_run + eps), y = (x - c)·ρ·
+    normalize_runs(x, k, eps, gamma, beta, w, b, centered, across_batch, scaled, running)
+                                            ρ = 1/sqrt(var + eps), y = (x - c)·ρ·
                                             gamma[c]·w[c, s] + beta[c] + b[c, s]; c, ρ
-    combine_runs(dy, x, k, mean, rstd, gamma, w, centered)
-                                            its backward: dx, Σ_s dy·w, Σ_s dy·w·(x - c)
+    combine_runs(dy, x, k, mean, rstd, gamma, w, centered, across_batch, scaled)
+                                            its backward: dx, dγ, dβ, Σ g·(x - c)
 
-`formulas.py` holds what the kernels, the GPU path and the ops share: the pooling of moments
-and the closed-form gradient of a normalization. `is_cupy` and `get_array_module` are the
+On the CPU per-sample statistics run fused, each run while it is in cache; the rest, and every
+statistic on a GPU, in three launches: a reduction (row_moments or row_grad_sums; on a GPU per
+chunk of a row), `statistics` or `coefficients` (the small step between: a statistic's pooled
+moments, ρ, the running estimates and each row's coefficients, or dx's coefficients, dγ and
+dβ: `formulas.finalize_statistic` / `finalize_gradient`, one body for both targets), and the
+elementwise pass (normalize or combine).
+
+`formulas.py` holds what the kernels, the GPU path and the ops share: the pooling of moments,
+the closed-form gradient of a normalization, and the per-statistic steps between a reduction
+and an elementwise pass. `is_cupy` and `get_array_module` are the
 project's one array-module helper (`tinynorm.backend` re-exports them).
 
 and, for the convolution's GEMMs, `im2col` (each image's window columns) and its adjoint
@@ -67,7 +75,6 @@ import numba
 import numpy as np
 
 from . import cpu
-from .formulas import dx_terms, pool_moments
 
 _LAUNCH = threading.Lock()
 _layer: str | None = None  # Numba's threading layer, once known
@@ -140,7 +147,8 @@ PARALLEL = (
     "transpose",
     "copy",
 )
-SERIAL = ("im2col", "col2im", "shifted_rows", "add_shifted_rows")  # nogil, on the caller's thread
+# nogil, on the caller's thread; `statistics`/`coefficients`: a loop over the statistics
+SERIAL = ("im2col", "col2im", "shifted_rows", "add_shifted_rows", "statistics", "coefficients")
 # the CPU kernels as the dispatch below launches them
 _cpu = SimpleNamespace(
     **{name: _launcher(name, getattr(cpu, name), True) for name in PARALLEL},
@@ -321,14 +329,10 @@ def _runs(x, k: int) -> int:
     return C // k
 
 
-def _run_stats(x, k: int, *stats):
-    """Per-run arguments as fresh (N, C/k) float64 arrays."""
-    return [_filled((x.shape[0], _runs(x, k)), a, x, np.float64) for a in stats]
-
-
-def _per_row(a, k: int):
-    """A per-run array (N, G) repeated for each of its k rows: (N, G·k)."""
-    return get_array_module(a).repeat(a, k, axis=1)
+def _run_stats(x, k: int, across_batch: bool, *stats):
+    """Per-statistic arguments as (1 or N, C/k) float64 arrays."""
+    shape = (1 if across_batch else x.shape[0], _runs(x, k))
+    return [_filled(shape, a, x, np.float64) for a in stats]
 
 
 def _channel(x, a, default: float):
@@ -336,18 +340,49 @@ def _channel(x, a, default: float):
     return _filled(x.shape[1], default if a is None else a, x)
 
 
-def normalize_runs(x, k: int, eps: float, gamma=None, beta=None, w=None, b=None, centered=True):
+def _optional(x, a):
+    """(a, True) for a (C,) array (any float dtype); (a placeholder, False) for None."""
+    if a is None:
+        return get_array_module(x).empty(1, x.dtype), False
+    return a.reshape(-1), True
+
+
+def normalize_runs(
+    x,
+    k: int,
+    eps: float,
+    gamma=None,
+    beta=None,
+    w=None,
+    b=None,
+    centered=True,
+    *,
+    across_batch=False,
+    scaled=True,
+    running=None,
+):
     """Normalization over runs of k consecutive rows (InstanceNorm: k = 1; GroupNorm: k = C/G;
-    LayerNorm on its (N, 1, S) view: k = 1), m = k·S values a statistic, fused per run:
+    LayerNorm on its (N, 1, S) view: k = 1), a statistic per run of each sample, or of every
+    sample when `across_batch` (BatchNorm: k = 1); m values a statistic:
 
         c = Σ x / m, σ² = Σ (x - c)² / m;  or, not `centered`: c = 0, σ² = Σ x² / m
-        ρ = 1/sqrt(σ² + eps),  y = (x - c)·ρ·gamma[c]·w[c, s] + beta[c] + b[c, s]
+        ρ = 1/sqrt(σ² + eps) (1 if not `scaled`)
+        y = (x - c)·ρ·gamma[c]·w[c, s] + beta[c] + b[c, s]
 
-    x (N, C, S); gamma, beta (C,) or None (1, 0); w, b (C, S) tables or None. Returns y (x's
-    shape and dtype), the centers c and rstd = ρ (N, C/k) in float64."""
+    x (N, C, S); gamma, beta (C,) or None (1, 0); w, b (C, S) tables or None; `running`
+    (mean, var, momentum), across the batch only: the (C,) buffers (var may be None) move in
+    place by `momentum` towards c and m/(m-1)·σ². Returns y (x's shape and dtype), the centers c
+    and rstd = ρ, (1 or N, C/k) in float64.
+
+    On the CPU, per-sample statistics run fused (a run's moments and y while it is in cache);
+    the rest, and everything on a GPU, is `normalize_runs_composed`: three launches."""
     x = _view(x)
-    if is_cupy(x):
-        return normalize_runs_composed(x, k, eps, gamma, beta, w, b, centered)
+    if running is not None and not across_batch:
+        raise ValueError("running estimates of per-sample statistics are not updated here")
+    if is_cupy(x) or across_batch or not scaled:
+        return normalize_runs_composed(
+            x, k, eps, gamma, beta, w, b, centered, across_batch, scaled, running
+        )
     shape = (x.shape[0], _runs(x, k))
     y, mean, rstd = np.empty_like(x), np.empty(shape), np.empty(shape)
     gamma, beta = _channel(x, gamma, 1), _channel(x, beta, 0)
@@ -356,66 +391,102 @@ def normalize_runs(x, k: int, eps: float, gamma=None, beta=None, w=None, b=None,
     return y, mean, rstd
 
 
-def combine_runs(dy, x, k: int, mean, rstd, gamma=None, w=None, centered=True):
-    """The backward of `normalize_runs` (its statistics differentiated), fused per run: with
-    g = gamma[c]·dy·w[c, s], ⟨·⟩ the mean over a run's m = k·S values and `formulas.dx_terms`,
+def combine_runs(
+    dy, x, k: int, mean, rstd, gamma=None, w=None, centered=True, *, across_batch=False, scaled=True
+):
+    """The backward of `normalize_runs` (its statistics differentiated): with g = gamma[c]·dy·w
+    and ⟨·⟩ the mean over a statistic's m values, `formulas.dx_terms` and ρ, c as `mean`, `rstd`
+    (1 or N, C/k) give
 
         dx = ρ·g + beta·(x - c) + delta,
-        sum_dy = Σ_s dy·w,  sum_dyx = Σ_s dy·w·(x - c)   per row, without gamma
+        dγ[c] = Σ_n ρ·Σ_s dy·w·(x - c),  dβ[c] = Σ_n Σ_s dy·w,
+        sum_gx = Σ g·(x - c) per statistic (a learned eps's gradient is -½·Σ ρ³·sum_gx).
 
-    (the sums give the affine's gradients: dβ[c] = Σ_n sum_dy, dγ[c] = Σ_n ρ·sum_dyx).
-    dy, x (N, C, S); mean (the centers c), rstd (N, C/k) as `normalize_runs` returns them; gamma
-    (C,) or None; w (C, S) or None. Returns dx (x's shape and dtype), sum_dy and sum_dyx (N, C)
-    in float64."""
+    dy, x (N, C, S); gamma (C,) or None; w (C, S) or None. Returns dx (x's shape and dtype),
+    dγ and dβ (C,) in gamma's dtype (x's without one), sum_gx (1 or N, C/k) float64. Fused on
+    the CPU for per-sample statistics; else `combine_runs_composed`."""
     x, dy = _view(x), _view(dy)
-    if is_cupy(x):
-        return combine_runs_composed(dy, x, k, mean, rstd, gamma, w, centered)
-    mean, rstd = _run_stats(x, k, mean, rstd)
-    dx, sums = np.empty_like(x), (np.empty(x.shape[:2]), np.empty(x.shape[:2]))
-    gamma, w = _channel(x, gamma, 1), _tables(x, w)[0]
-    _cpu.combine_runs(dy, x, k, centered, mean, rstd, gamma, w, dx, *sums)
-    return dx, *sums
+    if is_cupy(x) or across_batch or not scaled:
+        return combine_runs_composed(dy, x, k, mean, rstd, gamma, w, centered, across_batch, scaled)
+    mean, rstd = _run_stats(x, k, False, mean, rstd)
+    dx, sum_dy, sum_dyx = np.empty_like(x), np.empty(x.shape[:2]), np.empty(x.shape[:2])
+    g, w = _channel(x, gamma, 1), _tables(x, w)[0]
+    _cpu.combine_runs(dy, x, k, centered, mean, rstd, g, w, dx, sum_dy, sum_dyx)
+    N, G = mean.shape
+    dtype = x.dtype if gamma is None else gamma.dtype
+    rho = np.repeat(rstd, k, axis=1)
+    sum_gx = (g * sum_dyx).reshape(N, G, k).sum(axis=2)
+    return dx, (rho * sum_dyx).sum(axis=0).astype(dtype), sum_dy.sum(axis=0).astype(dtype), sum_gx
+
+
+def _parts(sums, x):
+    """Per-row results (N, C) as one chunk a row: (N·C, 1) each, the chunk S."""
+    return tuple(a.reshape(-1, 1) for a in sums), x.shape[2]
 
 
 def normalize_runs_composed(
-    x, k: int, eps: float, gamma=None, beta=None, w=None, b=None, centered=True
+    x,
+    k: int,
+    eps: float,
+    gamma=None,
+    beta=None,
+    w=None,
+    b=None,
+    centered=True,
+    across_batch=False,
+    scaled=True,
+    running=None,
 ):
-    """`normalize_runs` from the row kernels, for any array module (the path on a GPU):
-    row_moments, the rows pooled per run (`formulas.pool_moments`), normalize."""
+    """`normalize_runs` in three launches, on either array module: the rows' (chunks')
+    moments, `statistics` (a statistic's pooled moments, ρ, the running estimates and its rows'
+    center, scale and shift: `formulas.finalize_statistic`), normalize."""
     x = _view(x)
-    N, _, S = x.shape
+    xp = get_array_module(x)
+    N, C, S = x.shape
     G = _runs(x, k)
-    row_mean, row_m2 = row_moments(x)
-    mean, m2, m = (
-        a[..., 0] for a in pool_moments(row_mean.reshape(N, G, k), row_m2.reshape(N, G, k), S, 2)
-    )
-    var = m2 / m
-    if not centered:
-        var, mean = var + mean * mean, 0 * mean
-    rstd = 1.0 / get_array_module(x).sqrt(var + eps)
-    scale = _per_row(rstd, k) * (1 if gamma is None else gamma)
-    y = normalize(x, _per_row(mean, k), scale, 0 if beta is None else beta, w, b)
-    return y, mean, rstd
+    if is_cupy(x):
+        parts, chunk = _impl(x).moment_parts(x)
+    else:
+        parts, chunk = _parts(_cpu.row_moments(x), x)
+    stats = tuple(xp.empty((1 if across_batch else N, G)) for _ in range(2))
+    rows = tuple(xp.empty((N, C), x.dtype) for _ in range(3))
+    (gamma, has_gamma), (beta, has_beta) = _optional(x, gamma), _optional(x, beta)
+    mean, var, momentum = (None, None, 0.0) if running is None else running
+    (mean, has_mean), (var, has_var) = _optional(x, mean), _optional(x, var)
+    affine = (gamma, beta, has_gamma, has_beta)
+    running = (mean, var, float(momentum), has_mean, has_var)
+    args = (parts, chunk, S, C, k, across_batch, centered, scaled, float(eps), affine, running)
+    _impl(x).statistics(*args, stats, tuple(r.reshape(-1) for r in rows))
+    return normalize(x, *rows, w, b), *stats
 
 
-def combine_runs_composed(dy, x, k: int, mean, rstd, gamma=None, w=None, centered=True):
-    """`combine_runs` from the row kernels, for any array module (the path on a GPU):
-    row_grad_sums, `formulas.dx_terms` per run, combine."""
+def combine_runs_composed(
+    dy, x, k: int, mean, rstd, gamma=None, w=None, centered=True, across_batch=False, scaled=True
+):
+    """`combine_runs` in three launches, on either array module: the rows' (chunks') gradient
+    sums, `coefficients` (dx's per-row coefficients, dγ, dβ: `formulas.finalize_gradient`),
+    combine."""
     x, dy = _view(x), _view(dy)
-    N, _, S = x.shape
-    G = _runs(x, k)
-    mean, rstd = _run_stats(x, k, mean, rstd)
-    center = _per_row(mean, k)
-    sum_dy, sum_dyx = row_grad_sums(dy, x, center, w)
-    g = 1 if gamma is None else gamma  # dL/dx̂ = g·dy·w
-
-    def run_mean(rows):
-        return (g * rows).reshape(N, G, k).sum(axis=2) / (k * S)
-
-    beta, delta = dx_terms(rstd, run_mean(sum_dy), run_mean(sum_dyx), centered, True)
-    alpha = _per_row(rstd, k) * g
-    beta, delta = _per_row(beta, k), _per_row(delta, k)
-    return combine(dy, x, center, alpha, beta, delta, w), sum_dy, sum_dyx
+    xp = get_array_module(x)
+    N, C, S = x.shape
+    mean, rstd = _run_stats(x, k, across_batch, mean, rstd)
+    if is_cupy(x):
+        center = mean
+        parts = _impl(x).grad_sum_parts(dy, x, center, w)
+    else:
+        center = _rows(np.repeat(mean, k, axis=1), x)
+        parts = _parts(_cpu.row_grad_sums(dy, x, center, *_tables(x, w)), x)[0]
+    m = (N if across_batch else 1) * k * S
+    g, has_gamma = _optional(x, gamma)
+    dtype = g.dtype if has_gamma else x.dtype
+    alpha, beta, delta = (xp.empty(N * C) for _ in range(3))
+    out = (alpha, beta, delta, xp.empty(mean.shape), xp.empty(C, dtype), xp.empty(C, dtype))
+    _impl(x).coefficients(parts, C, k, across_batch, centered, scaled, (rstd, m), g, has_gamma, out)
+    if is_cupy(x):
+        dx = _impl(x).combine(dy, x, center, alpha, beta, delta, w)
+    else:
+        dx = _cpu.combine(dy, x, center, *out[:3], *_tables(x, w), np.empty_like(x))
+    return dx, out[4], out[5], out[3]
 
 
 def im2col(
@@ -539,6 +610,20 @@ def transpose(x):
 from .inspection import KernelReport, report  # noqa: E402  (it needs only `cpu`)
 
 
+@contextlib.contextmanager
+def first_launches() -> Iterator[dict[str, tuple]]:
+    """While the block runs, each CPU kernel launched is noted with the arguments of its first
+    launch, {name: args} in launch order (what `report` takes)."""
+    launched: dict[str, tuple] = {}
+
+    def note(kernel: str, run: Callable, args: tuple) -> Any:
+        launched.setdefault(kernel, args)
+        return run(*args)
+
+    with observing(note):
+        yield launched
+
+
 def inspect(name: str, example_args: tuple) -> list[KernelReport]:
     """Run `<name>(*example_args)`, a function of this module, on NumPy arrays and report what
     Numba compiled for each CPU kernel it launched, in the order of their first launch:
@@ -551,13 +636,7 @@ def inspect(name: str, example_args: tuple) -> list[KernelReport]:
             if isinstance(f, types.FunctionType) and f.__module__ == __name__ and n[0] != "_"
         )
         raise ValueError(f"unknown kernel function {name!r}: expected one of {functions}")
-    launched: dict[str, tuple] = {}
-
-    def note(kernel: str, run: Callable, args: tuple) -> Any:
-        launched.setdefault(kernel, args)
-        return run(*args)
-
-    with observing(note):
+    with first_launches() as launched:
         function(*example_args)
     if not launched:
         raise ValueError(f"kernels.{name} launched no CPU kernel: are its arrays NumPy's?")

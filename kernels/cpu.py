@@ -19,6 +19,9 @@ The per-sample statistics (IN, GN, LN) each cover a run of k consecutive rows, o
 block small enough to stay in cache, so two fused kernels do the same work in fewer passes over
 memory: `normalize_runs` (the run's moments, then y: 1 read of x, 1 write) and `combine_runs`
 (the row sums, then dx: 2 reads, 1 write). All of them share the per-row loops below.
+Between row_moments and normalize (row_grad_sums and combine) of the other statistics,
+`statistics` (`coefficients`) turn the rows' sums into each row's coefficients: serial loops
+over the statistics, with the GPU kernels' per-statistic bodies (`formulas`).
 
 `w` and `b` are (C, S) tables for an elementwise affine, or (0, 0) arrays for none (a
 per-channel affine is folded into scale/shift by the caller, or given to the run kernels as
@@ -35,7 +38,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from .formulas import dx_terms
+from .formulas import dx_terms, finalize_gradient, finalize_statistic
 
 FLAGS = {"reassoc", "contract", "nsz"}  # SIMD reductions; keeps NaN and inf semantics
 COLUMN_BLOCK = 1024  # positions per task in column_grad_sums
@@ -229,6 +232,23 @@ def combine_runs(dy, x, k, centered, mean, rstd, gamma, w, dx, sum_dy, sum_dyx):
             c = first + t
             _combine_row(grads, rows, out, lo + t, c, center, rho * gamma[c], beta, delta, w)
     return dx
+
+
+@njit(cache=True, error_model="numpy")
+def statistics(parts, chunk, S, C, k, across, centered, scaled, eps, affine, running, stats, rows):
+    """`formulas.finalize_statistic` for every statistic, one after another (at most a few
+    thousand, each a loop over its rows' moments: no threads)."""
+    for i in range(stats[0].size):
+        finalize_statistic(
+            i, parts, chunk, S, C, k, across, centered, scaled, eps, affine, running, stats, rows
+        )
+
+
+@njit(cache=True, error_model="numpy")
+def coefficients(parts, C, k, across, centered, scaled, stats, gamma, has_gamma, out):
+    """`formulas.finalize_gradient` for every statistic and channel, one after another."""
+    for i in range(max(stats[0].size, C)):
+        finalize_gradient(i, parts, C, k, across, centered, scaled, stats, gamma, has_gamma, out)
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)

@@ -17,7 +17,11 @@ of one row in shared memory, so a few long rows still fill the GPU with (rows ×
 (rows on the grid's x axis, which allows 2³¹ - 1 blocks; chunks on y, at most MAX_GRID_Y: a
 longer row gets longer chunks, `_chunking`). Stage 2 folds the per-chunk partials of each row
 on the (rows, chunks) arrays, when a row has more than one: plain sums for gradient sums,
-`formulas.pool_moments` (Chan's formula) for the moments. The row kernels' elementwise passes
+`formulas.pool_moments` (Chan's formula) for the moments; or, in a whole normalization,
+`_statistics` / `_coefficients` (a thread per statistic) pool a statistic's rows and chunks
+at once and write each row's coefficients, so that a norm layer is three launches each way
+(`moment_parts`, `statistics`, `normalize`; `grad_sum_parts`, `coefficients`, `combine`,
+whose center may be the per-statistic (P, G) array: `_center`). The row kernels' elementwise passes
 (`_normalize`, `_combine`) run on the same 2-d grid, a block per (row, span of THREADS values),
 looping when the spans outnumber MAX_GRID_Y: no division per value. The other elementwise
 kernels use one thread per value, consecutive threads on consecutive addresses (coalesced).
@@ -31,7 +35,7 @@ import numpy as np
 from numba import config, cuda, float64
 
 from . import get_array_module  # CuPy on a GPU, NumPy under the simulator
-from .formulas import pool_moments
+from .formulas import finalize_gradient, finalize_statistic, pool_moments
 
 # threads per block (a power of two); the simulator runs each thread in Python, so it gets fewer
 THREADS = 32 if config.ENABLE_CUDASIM else 128
@@ -77,14 +81,22 @@ def _chunk_moments(x, S, chunk, mean_out, m2_out):
         m2_out[r, j] = sq
 
 
+@cuda.jit(device=True)
+def _center(center, r, C):
+    """The center of row r = (n, c) from center (P, G): P = N rows of G runs of C/G channels,
+    or P = 1, one for every sample (the batch's statistics)."""
+    n = r // C if center.shape[0] > 1 else 0
+    return center[n, (r % C) // (C // center.shape[1])]
+
+
 @cuda.jit(cache=True)
 def _chunk_grad_sums(dy, x, center, w, has_w, C, S, chunk, g_out, gx_out):
-    """Block (row r, chunk j): Σ dy·w and Σ dy·w·(x - center[r]) over the chunk."""
+    """Block (row r, chunk j): Σ dy·w and Σ dy·w·(x - c) over the chunk (c: `_center`)."""
     r, j = cuda.blockIdx.x, cuda.blockIdx.y
     shared = cuda.shared.array(THREADS, float64)
     lo = j * chunk
     hi = min(lo + chunk, S)
-    m = center[r]
+    m = _center(center, r, C)
     a = 0.0
     b = 0.0
     for i in range(lo + cuda.threadIdx.x, hi, THREADS):
@@ -116,15 +128,99 @@ def _normalize(x, center, scale, shift, w, b, has_w, C, S, y):
 
 @cuda.jit(cache=True)
 def _combine(dy, x, center, alpha, beta, delta, w, has_w, C, S, dx):
-    """Block (row r, span j): dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) +
-    delta[r], computed in float64 (alpha, beta, delta are) and stored in dx's dtype."""
+    """Block (row r, span j): dx = alpha[r] · dy · w[c, s] + beta[r] · (x - c) + delta[r]
+    (c: `_center`), computed in float64 (alpha, beta, delta are) and stored in dx's dtype."""
     r = cuda.blockIdx.x
-    m, a, bt, d, c = center[r], alpha[r], beta[r], delta[r], r % C
+    m, a, bt, d, c = _center(center, r, C), alpha[r], beta[r], delta[r], r % C
     for s in range(cuda.blockIdx.y * THREADS + cuda.threadIdx.x, S, cuda.gridDim.y * THREADS):
         g = dy[r, s]
         if has_w:
             g *= w[c, s]
         dx[r, s] = a * g + bt * (x[r, s] - m) + d
+
+
+@cuda.jit(cache=True)
+def _statistics(
+    mean_p,
+    m2_p,
+    chunk,
+    S,
+    C,
+    k,
+    across,
+    centered,
+    scaled,
+    eps,
+    gamma,
+    beta,
+    has_gamma,
+    has_beta,
+    run_mean,
+    run_var,
+    momentum,
+    has_run_mean,
+    has_run_var,
+    mean,
+    rstd,
+    center,
+    scale,
+    shift,
+):
+    """Thread per statistic: `formulas.finalize_statistic`."""
+    i = cuda.grid(1)
+    if i < mean.size:
+        finalize_statistic(
+            i,
+            (mean_p, m2_p),
+            chunk,
+            S,
+            C,
+            k,
+            across,
+            centered,
+            scaled,
+            eps,
+            (gamma, beta, has_gamma, has_beta),
+            (run_mean, run_var, momentum, has_run_mean, has_run_var),
+            (mean, rstd),
+            (center, scale, shift),
+        )
+
+
+@cuda.jit(cache=True)
+def _coefficients(
+    g_p,
+    gx_p,
+    C,
+    k,
+    across,
+    centered,
+    scaled,
+    rstd,
+    m,
+    gamma,
+    has_gamma,
+    alpha,
+    beta,
+    delta,
+    sum_gx,
+    dgamma,
+    dbeta,
+):
+    """Thread per statistic and channel: `formulas.finalize_gradient`."""
+    finalize_gradient(
+        cuda.grid(1),
+        (g_p, gx_p),
+        C,
+        k,
+        across,
+        centered,
+        scaled,
+        (rstd, m),
+        gamma,
+        has_gamma,
+        (alpha, beta, delta, sum_gx, dgamma, dbeta),
+    )
 
 
 @cuda.jit(cache=True)
@@ -185,6 +281,18 @@ def _table(w, x):
     return w, True
 
 
+def moment_parts(x, chunk: int = CHUNK):
+    """x (N, C, S) -> ((mean, M2) of each row's chunks, (N·C, J) float64 each, chunk): stage 1
+    of `row_moments`, which `statistics` pools itself."""
+    xp = get_array_module(x)
+    N, C, S = x.shape
+    chunk, chunks = _chunking(S, chunk)
+    mean = xp.empty((N * C, chunks))
+    m2 = xp.empty((N * C, chunks))
+    _launch(_chunk_moments, (N * C, chunks), _rows(x), S, chunk, mean, m2)
+    return (mean, m2), chunk
+
+
 def row_moments(x, chunk: int = CHUNK):
     """x (N, C, S) -> mean (N, C), m2 (N, C) in float64 (see cpu.row_moments; S = 0: mean
     NaN, m2 0)."""
@@ -192,15 +300,29 @@ def row_moments(x, chunk: int = CHUNK):
     N, C, S = x.shape
     if S == 0:
         return xp.full((N, C), np.nan), xp.zeros((N, C))
-    chunk, chunks = _chunking(S, chunk)
-    mean = xp.empty((N * C, chunks))
-    m2 = xp.empty((N * C, chunks))
-    _launch(_chunk_moments, (N * C, chunks), _rows(x), S, chunk, mean, m2)
+    (mean, m2), chunk = moment_parts(x, chunk)
+    chunks = mean.shape[1]
     if chunks > 1:  # the last chunk may be short: S - (chunks - 1)·chunk values
         counts = xp.full(chunks, float(chunk))
         counts[-1] = S - (chunks - 1) * chunk
         mean, m2, _ = pool_moments(mean, m2, counts, 1)
     return mean.reshape(N, C), m2.reshape(N, C)
+
+
+def grad_sum_parts(dy, x, center, w=None, chunk: int = CHUNK):
+    """Stage 1 of `row_grad_sums`: its two sums over each row's chunks, (N·C, J) float64 each;
+    center (N, C), or (P, G) per statistic (see `_center`)."""
+    xp = get_array_module(x)
+    N, C, S = x.shape
+    chunk, chunks = _chunking(S, chunk)
+    g = xp.empty((N * C, chunks))
+    gx = xp.empty((N * C, chunks))
+    _launch(
+        _chunk_grad_sums,
+        (N * C, chunks),
+        *(_rows(dy), _rows(x), center, *_table(w, x), C, S, chunk, g, gx),
+    )
+    return g, gx
 
 
 def row_grad_sums(dy, x, center, w=None, chunk: int = CHUNK):
@@ -209,17 +331,41 @@ def row_grad_sums(dy, x, center, w=None, chunk: int = CHUNK):
     N, C, S = x.shape
     if S == 0:
         return xp.zeros((N, C)), xp.zeros((N, C))
-    chunk, chunks = _chunking(S, chunk)
-    g = xp.empty((N * C, chunks))
-    gx = xp.empty((N * C, chunks))
-    _launch(
-        _chunk_grad_sums,
-        (N * C, chunks),
-        *(_rows(dy), _rows(x), center.reshape(-1), *_table(w, x), C, S, chunk, g, gx),
-    )
-    if chunks > 1:
+    g, gx = grad_sum_parts(dy, x, center, w, chunk)
+    if g.shape[1] > 1:
         g, gx = g.sum(axis=1), gx.sum(axis=1)
     return g.reshape(N, C), gx.reshape(N, C)
+
+
+def statistics(parts, chunk, S, C, k, across, centered, scaled, eps, affine, running, stats, rows):
+    """`formulas.finalize_statistic`, a thread per statistic (see cpu.statistics)."""
+    grid = _grid(stats[0].size)
+    _launch(
+        _statistics,
+        grid,
+        *parts,
+        chunk,
+        S,
+        C,
+        k,
+        across,
+        centered,
+        scaled,
+        eps,
+        *affine,
+        *running,
+        *stats,
+        *rows,
+    )
+
+
+def coefficients(parts, C, k, across, centered, scaled, stats, gamma, has_gamma, out):
+    """`formulas.finalize_gradient`, a thread per statistic and channel (see
+    cpu.coefficients)."""
+    grid = _grid(max(stats[0].size, C))
+    _launch(
+        _coefficients, grid, *parts, C, k, across, centered, scaled, *stats, gamma, has_gamma, *out
+    )
 
 
 def normalize(x, center, scale, shift, w=None, b=None):
@@ -234,13 +380,14 @@ def normalize(x, center, scale, shift, w=None, b=None):
 
 
 def combine(dy, x, center, alpha, beta, delta, w=None):
-    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - center[r]) + delta[r] (see cpu.combine);
-    center in x's dtype, alpha, beta, delta in float64."""
+    """dx = alpha[r] · dy · w[c, s] + beta[r] · (x - c) + delta[r] (see cpu.combine); center
+    (N, C) in x's dtype, or (P, G) per statistic (`_center`); alpha, beta, delta in float64."""
     N, C, S = x.shape
     dx = get_array_module(x).empty(x.shape, x.dtype)
-    rows = [a.reshape(-1) for a in (center, alpha, beta, delta)]
+    rows = [a.reshape(-1) for a in (alpha, beta, delta)]
     grid = _spans(N * C, S)
-    _launch(_combine, grid, _rows(dy), _rows(x), *rows, *_table(w, x), C, S, _rows(dx))
+    args = (_rows(dy), _rows(x), center, *rows, *_table(w, x), C, S, _rows(dx))
+    _launch(_combine, grid, *args)
     return dx
 
 

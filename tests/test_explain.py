@@ -4,16 +4,17 @@ each file checked for what a reader comes for."""
 
 import json
 import re
-import shutil
 
 from tinynorm.examples import explain
+
+from tinynorm import viz
 
 
 def test_explain_quick_writes_graph_profile_trace_and_kernels(tmp_path, capsys):
     assert explain.main(["--quick", "--offline", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     names = {"graph.dot", "profile.txt", "trace.json", "kernels.txt"}
-    if shutil.which("dot") or shutil.which("graphviz-pure"):
+    if viz.dot_program():
         names.add("graph.svg")
         assert "<svg" in (tmp_path / "graph.svg").read_text()
     assert {p.name for p in tmp_path.iterdir()} == names

@@ -7,7 +7,8 @@ would be a launch on a GPU (a ufunc or reduction, a copy or cast, a write, a gat
 that make arrays. With both routed in, and every kernel call on the CUDA kernels (Numba's
 simulator here, counted at `cuda._launch`): one training step of the main job's model, and of
 each of its normalizations, must read nothing back; and a norm layer's forward and backward
-must not launch more than they did when this was measured (the target is 4 each).
+must launch no more than 4 operations each way (the target), or, for the layers still
+above it, no more than measured.
 """
 
 import numpy as np
@@ -100,9 +101,9 @@ def on_device(out):
     return out
 
 
-# calls that make a view, or only allocate (no kernel runs): no launch
+# calls that make a view when they can (no launch then), and calls that only allocate (never)
 VIEWS = {"reshape", "broadcast_to", "asarray", "ascontiguousarray", "transpose", "moveaxis"}
-VIEWS |= {"empty", "empty_like"}
+ALLOCATIONS = {"empty", "empty_like"}
 
 
 class FakeCuPy:
@@ -120,9 +121,10 @@ class FakeCuPy:
 
         def call(*args, **kwargs):
             out = attribute(*args, **kwargs)
-            if name not in VIEWS or not any(
+            made = name not in VIEWS or not any(
                 out is a or np.shares_memory(out, a) for a in args if isinstance(a, np.ndarray)
-            ):
+            )
+            if made and name not in ALLOCATIONS:
                 launch(f"xp.{name}")
             return on_device(out)
 
@@ -217,22 +219,15 @@ def test_an_out_of_range_label_poisons_the_loss_on_a_gpu(fake_gpu):
         F.cross_entropy(tn.zeros(2, 3), tn.tensor([0, 3]))
 
 
-# A norm layer's launches per forward and per backward on (1, 4, 1, 2) (BN and its kin, the
-# per-sample norms, the mixtures), as measured on 2026-11-28 before any fusion: a ceiling, so
-# that a change that adds launches fails here. Issue 20's target is 4 each way.
-MEASURED = {  # (forward, backward)
-    "bn": (38, 37),
-    "brn": (51, 39),
-    "ln": (24, 31),
-    "in": (25, 34),
-    "gn": (25, 34),
-    "mobn": (29, 34),
-    "bin": (56, 87),
-    "sn": (72, 69),
-    "bln": (65, 81),
-    "rms": (28, 30),
-    "frn": (30, 38),
-}
+# A norm layer's launches per forward and per backward on (1, 4, 1, 2): issue 20's target is 4
+# each way, met by BN and its kin and the per-sample norms (a reduction, `statistics` or
+# `coefficients`, an elementwise pass; BN and mean-only BN add their step count). Those above it,
+# as measured on 2026-11-28 after the fused statistics kernels: ceilings, so that a change that
+# adds launches fails here. Batch renorm still computes its corrections r, d and its limits in
+# array operations; FRN adds its TLU, max(y, τ), an op of its own; the mixtures pool several
+# statistics and their gradients in array operations.
+TARGET = 4
+ABOVE_TARGET = {"brn": (33, 25), "bin": (40, 74), "sn": (56, 58), "bln": (49, 70), "frn": (5, 7)}
 
 
 def launches_of(layer, shape=(1, 4, 1, 2)) -> tuple[list[str], list[str]]:
@@ -254,13 +249,14 @@ def launches_of(layer, shape=(1, 4, 1, 2)) -> tuple[list[str], list[str]]:
 
 @pytest.mark.filterwarnings("ignore:Host array used in CUDA kernel")
 @pytest.mark.parametrize("kind", list(BY_KEY))
-def test_a_norm_layer_reads_nothing_back_and_launches_no_more_than_measured(fake_gpu, kind):
+def test_a_norm_layer_reads_nothing_back_and_meets_the_launch_target(fake_gpu, kind):
     """One training-mode forward and backward of each norm layer (running estimates updated,
-    parameter gradients accumulated): no read back, and no more launches than measured."""
+    parameter gradients accumulated): no read back, and at most 4 launches each way (or no more
+    than measured, for the layers still above the target)."""
     tn.manual_seed(0)
     forward, backward = launches_of(BY_KEY[kind].make(nn, (1, 4, 1, 2)))
     assert fake_gpu == []
     assert sum(a.startswith("kernel") for a in forward) >= 1
-    most_forward, most_backward = MEASURED[kind]
+    most_forward, most_backward = ABOVE_TARGET.get(kind, (TARGET, TARGET))
     assert len(forward) <= most_forward, forward
     assert len(backward) <= most_backward, backward

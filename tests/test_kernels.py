@@ -372,14 +372,19 @@ def test_cpu_runs_match_numpy_and_the_composed_path(
     assert_means(mean, x.astype(np.float64), ref_mean)
     np.testing.assert_allclose(rstd, ref_rstd, rtol=1e-10)
     gamma, w = r.gamma, r.w
-    dx, sum_dy, sum_dyx = kernels.combine_runs(dy, x, k, mean, rstd, gamma, w, centered)
+    dx, dgamma, dbeta, sum_gx = kernels.combine_runs(dy, x, k, mean, rstd, gamma, w, centered)
     assert_values(dx, ref_dx, dtype)
-    assert_sums(sum_dy, terms_dy, axis=2, tol=SUM_TOL[dtype])
-    assert_sums(sum_dyx, terms_dyx, axis=2, tol=SUM_TOL[dtype])
+    assert dgamma.dtype == dbeta.dtype == (dtype if gamma is None else gamma.dtype)
+    rho = np.repeat(ref_rstd, k, axis=1)[..., None]
+    assert_sums(dbeta.astype(np.float64), terms_dy, axis=(0, 2), tol=SUM_TOL[dtype])
+    assert_sums(dgamma.astype(np.float64), terms_dyx * rho, axis=(0, 2), tol=SUM_TOL[dtype])
+    g = 1 if gamma is None else gamma.astype(np.float64)[:, None]
+    ref_gx = (g * terms_dyx).reshape(shape[0], shape[1] // k, -1)
+    assert_sums(sum_gx, ref_gx, axis=2, tol=SUM_TOL[dtype])
 
     composed = kernels.normalize_runs_composed(x, k, EPS, *r.affine, centered)
     composed += kernels.combine_runs_composed(dy, x, k, mean, rstd, gamma, w, centered)
-    for fused, other in zip((y, mean, rstd, dx, sum_dy, sum_dyx), composed):
+    for fused, other in zip((y, mean, rstd, dx, dgamma, dbeta, sum_gx), composed):
         assert fused.dtype == other.dtype
         np.testing.assert_allclose(fused, other, rtol=TOL[dtype], atol=TOL[dtype])
 

@@ -100,7 +100,7 @@ def test_render_without_dot_names_the_program(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(
-    not (shutil.which("dot") or shutil.which("graphviz-pure")),
+    viz.dot_program() is None,
     reason="no dot program: pip install 'tinynorm[viz]'",
 )
 def test_render_svg_and_png(tmp_path):

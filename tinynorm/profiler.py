@@ -46,7 +46,7 @@ import numpy as np
 from . import autograd, kernels
 from .files import atomic_write
 
-KINDS = ("op", "kernel", "range")
+_FIELDS = ("calls", "seconds", "self_seconds", "bytes", "allocated", "peak")  # `_sums`' sums
 SORT_KEYS = ("total", "calls", "per_call", "name", "allocated")
 
 
@@ -54,7 +54,7 @@ SORT_KEYS = ("total", "calls", "per_call", "name", "allocated")
 class Event:
     """One op pass, kernel launch or named range; seconds from `time.perf_counter`."""
 
-    kind: str  # one of KINDS
+    kind: str  # "op", "kernel" or "range"
     name: str  # the op's class, the kernel's or the range's name
     phase: str  # "forward" or "backward" for an op; "" otherwise
     parent: Event | None  # the op or range it ran inside, on its thread
@@ -74,10 +74,19 @@ class Event:
 _current: contextvars.ContextVar[Event | None] = contextvars.ContextVar("event", default=None)
 
 
+def _arrays(values) -> Iterator[np.ndarray]:
+    """The arrays among `values`, and inside the tuples among them."""
+    for v in values:
+        if isinstance(v, np.ndarray):
+            yield v
+        elif isinstance(v, tuple):
+            yield from _arrays(v)
+
+
 def _moved(args: tuple, out: Any) -> int:
-    """Bytes of the arrays among a kernel's arguments and results, each array counted once."""
-    results = out if isinstance(out, tuple) else (out,)
-    arrays = {id(a): a for a in (*args, *results) if isinstance(a, np.ndarray)}
+    """Bytes of the arrays among a kernel's arguments and results (tuples of arrays opened),
+    each array counted once."""
+    arrays = {id(a): a for a in _arrays((args, out))}
     return sum(a.nbytes for a in arrays.values())
 
 
@@ -136,11 +145,10 @@ class Profiler:
 
     def _sums(self, kind: str, key: Callable[[Event], tuple]) -> dict[tuple, dict[str, Any]]:
         """Per key of the events of `kind`: calls, seconds, self_seconds, bytes, allocated, peak."""
-        fields = ("calls", "seconds", "self_seconds", "bytes", "allocated", "peak")
         sums: dict[tuple, dict[str, Any]] = {}
         for e in self.events:
             if e.kind == kind:
-                row = sums.setdefault(key(e), dict.fromkeys(fields, 0))
+                row = sums.setdefault(key(e), dict.fromkeys(_FIELDS, 0))
                 row["calls"] += 1
                 row["seconds"] += e.seconds
                 row["self_seconds"] += e.seconds - e.inner
@@ -166,23 +174,13 @@ class Profiler:
         op "(no op)". Sorted by `sort_by`, one of SORT_KEYS (the largest first)."""
         if sort_by not in SORT_KEYS:
             raise ValueError(f"sort_by must be one of {SORT_KEYS}, got {sort_by!r}")
-        rows = {
-            key: {"op": key[0], "pass": key[1], **r, "kernels": []}
-            for key, r in self._sums("op", lambda e: (e.name, e.phase)).items()
-        }
-        for (op, phase, name), r in self._sums("kernel", _kernel_key).items():
-            row = rows.setdefault(
-                (op, phase),
-                {
-                    "op": op,
-                    "pass": phase,
-                    "calls": 0,
-                    "seconds": 0.0,
-                    "allocated": 0,
-                    "peak": 0,
-                    "kernels": [],
-                },
-            )
+        ops = self._sums("op", lambda e: (e.name, e.phase))
+        kernels = self._sums("kernel", _kernel_key)
+        for op, phase, _ in kernels:  # kernels outside any op: a row of no calls
+            ops.setdefault((op, phase), dict.fromkeys(_FIELDS, 0))
+        rows = {key: {"op": key[0], "pass": key[1], **r, "kernels": []} for key, r in ops.items()}
+        for (op, phase, name), r in kernels.items():
+            row = rows[op, phase]
             gbps = r["bytes"] / r["seconds"] / 1e9 if r["seconds"] > 0 else 0.0
             row["kernels"].append({"kernel": name, **r, "gbps": gbps})
         for row in rows.values():

@@ -77,6 +77,12 @@ def to_dot(output: Tensor, module=None, show_values: bool = False) -> str:
     return "\n".join([*lines, "}", ""])
 
 
+def dot_program() -> str | None:
+    """The Graphviz renderer on the PATH: `dot`, else `graphviz-pure` (the `viz` extra), else
+    None."""
+    return shutil.which("dot") or shutil.which("graphviz-pure")
+
+
 def draw_graph(
     output: Tensor,
     path: str | PathLike[str] | None = None,
@@ -95,7 +101,7 @@ def draw_graph(
     if suffix == ".dot":
         data = dot.encode()
     else:
-        program = shutil.which("dot") or shutil.which("graphviz-pure")
+        program = dot_program()
         if program is None:
             raise RuntimeError(
                 "draw_graph: rendering needs Graphviz's `dot` program (pip install "

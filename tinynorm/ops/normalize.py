@@ -19,12 +19,14 @@ dγ = Σ dy·x̃, summed over N and S per channel, or over N for an elementwise 
 
 One formula, three layouts of the kernels:
 
-    runs      per-sample batch statistics (IN, GN, LN, RMSNorm, FRN): each statistic is a run
-              of k consecutive rows, fused (`kernels.normalize_runs` / `combine_runs`)
+    runs      batch statistics, each a run of k consecutive rows of one sample (IN, GN, LN,
+              RMSNorm, FRN) or of every sample (BN, mean-only BN, their running estimates
+              moved by the kernel: `Running`): `kernels.normalize_runs` / `combine_runs`,
+              fused per run on the CPU, else three kernels each way
     columns   per-channel statistics of an input with S = 1, such as (N, C): the column kernels
               read the channels as the columns of (N, C), no transpose
-    rows      the rest (BN, batch renorm, mean-only, running estimates): row kernels with
-              per-row coefficients
+    rows      the rest (batch renorm, SyncBatchNorm, running estimates of per-sample
+              statistics, fixed statistics): row kernels with per-row coefficients
 
 `Empty` is every norm's answer to an input without values (N = 0 or an empty spatial dim), as
 in PyTorch: an empty output, zero gradients for the parameters, no statistics.
@@ -121,6 +123,36 @@ class Statistic(NamedTuple):
         return runs.reshape(N, G * self.channels)
 
 
+def blend(buffer: Tensor, value, momentum: float) -> None:
+    """buffer ← (1 - momentum)·buffer + momentum·value, in place (a running estimate)."""
+    buffer.data[...] = (1 - momentum) * buffer.data + momentum * value
+
+
+def _average(stats):
+    """Per-statistic values (1 or N, C) averaged over the samples: (C,)."""
+    return stats[0] if len(stats) == 1 else stats.mean(axis=0)
+
+
+class Running(NamedTuple):
+    """The running estimates a training step moves, as a `report`: the (C,) buffers `mean` and
+    `var` (or None) by `momentum` towards the batch's c and unbiased m/(m-1)·σ² (averaged over
+    the samples for per-sample statistics). Across the batch, `Normalize` hands them to the
+    statistics kernel, which moves them where it computes the statistics."""
+
+    mean: Tensor
+    var: Tensor | None
+    momentum: float
+
+    def __call__(self, mean, var, m: int) -> None:
+        blend(self.mean, _average(mean), self.momentum)
+        if self.var is not None:
+            blend(self.var, _average(var) * (m / (m - 1)), self.momentum)
+
+    def buffers(self) -> tuple:
+        """(mean, var or None, momentum) as the kernels take them: arrays and a number."""
+        return self.mean.data, None if self.var is None else self.var.data, self.momentum
+
+
 def per_channel(a, C: int):
     """A per-channel array (C,) as a (1, C) row; None stays None."""
     return None if a is None else a.reshape(1, C)
@@ -128,7 +160,7 @@ def per_channel(a, C: int):
 
 def cast_grad(g, like):
     """A parameter gradient (float64 sums) in the parameter's dtype and shape; None stays None."""
-    return None if g is None else g.astype(like.dtype).reshape(like.shape)
+    return None if g is None else g.astype(like.dtype, copy=False).reshape(like.shape)
 
 
 class Normalize(Function):
@@ -169,15 +201,17 @@ class Normalize(Function):
         N, C, S = dims
         self.statistic, self.shape, self.batch = statistic, x.shape, fixed is None
         self.weight, self.bias, self.elementwise = weight, bias, elementwise
-        self.runs = self.batch and not statistic.across_batch and report is None and not group
-        self.group = group
+        columns = statistic.across_batch and S == 1  # row c of dims (1, C, N) is column c
         if learned_eps is not None:
-            if not self.runs:
+            if statistic.across_batch or report is not None or group:
                 raise ValueError("a learned eps needs per-sample batch statistics")
             eps = eps + float(learned_eps.reshape(-1)[0])
+        running = report.buffers() if isinstance(report, Running) else None
+        self.runs = self.batch and not (group or renorm or columns)
+        self.runs &= report is None or (statistic.across_batch and running is not None)
+        self.group = group
         if self.runs:
-            return self._forward_runs(x.reshape(dims), eps).reshape(x.shape)
-        columns = statistic.across_batch and S == 1  # row c of dims (1, C, N) is column c
+            return self._forward_runs(x.reshape(dims), eps, running).reshape(x.shape)
         self.kernels = COLUMNS if columns else ROWS
         self.x = x.reshape(N, C) if columns else x.reshape(dims)
         self.dims = (1, C, N) if columns else dims
@@ -209,15 +243,25 @@ class Normalize(Function):
         y = self.kernels.normalize(self.x, mean.astype(x.dtype), scale, shift)
         return y.reshape(x.shape)
 
-    def _forward_runs(self, x3, eps: float):
-        """The fused per-sample path: statistics and y in one visit of each run of k rows."""
+    def _forward_runs(self, x3, eps: float, running):
+        """The statistics, the running estimates' update and y in three kernels (on the CPU,
+        per-sample statistics in one: `kernels.normalize_runs`)."""
         gamma, beta, tables = self.weight, self.bias, (None, None)
         if self.elementwise:
             gamma, beta, tables = None, None, affine_tables(x3.shape, self.weight, self.bias)
         self.x, self.gamma, self.w_table = x3, gamma, tables[0]
-        k, centered = self.statistic.channels, self.statistic.centered
+        stat = self.statistic
         y, self.center, self.rstd = kernels.normalize_runs(
-            x3, k, eps, gamma, beta, *tables, centered=centered
+            x3,
+            stat.channels,
+            eps,
+            gamma,
+            beta,
+            *tables,
+            stat.centered,
+            across_batch=stat.across_batch,
+            scaled=stat.scaled,
+            running=running,
         )
         return y
 
@@ -253,25 +297,35 @@ class Normalize(Function):
         )
 
     def _backward_runs(self, dy):
-        x3, k = self.x, self.statistic.channels
+        x3, stat = self.x, self.statistic
         need_x, need_w, need_b, need_eps = (*self.needs_input_grad, False)[:4]
-        xp = get_array_module(x3)
-        center, rstd = (xp.repeat(a, k, axis=1) for a in (self.center, self.rstd))  # per row
+        N, k = x3.shape[0], stat.channels
+        center, rstd = (stat.per_row(a, N) for a in (self.center, self.rstd))  # per row
         dx = d_eps = dw = db = None
-        if need_x:
-            dx, *sums = kernels.combine_runs(
-                dy, x3, k, self.center, self.rstd, self.gamma, self.w_table, self.statistic.centered
+        if need_x:  # dγ, dβ (a per-channel affine's) and Σ dL/dx̂·(x - c) come with dx
+            dx, dw, db, sum_gx = kernels.combine_runs(
+                dy,
+                x3,
+                k,
+                self.center,
+                self.rstd,
+                self.gamma,
+                self.w_table,
+                stat.centered,
+                across_batch=stat.across_batch,
+                scaled=stat.scaled,
             )
             dx = dx.reshape(self.shape)
         elif need_w or need_b or need_eps:
             sums = kernels.row_grad_sums(dy, x3, center, self.w_table)
-        if need_eps:  # Σ dL/dx̂·(x - c) = Σ γ·Σ_s dy·w·(x - c) over each statistic's rows
-            gx = sums[1] * (1 if self.gamma is None else per_channel(self.gamma, x3.shape[1]))
-            d_eps = (-0.5 * self.rstd**3 * self.statistic.sums(gx)).sum().reshape(1)
+            dw, db = affine_grads(*sums, rstd)
+            sum_gx = stat.sums(
+                sums[1] * (1 if self.gamma is None else per_channel(self.gamma, x3.shape[1]))
+            )
+        if need_eps:  # dL/dε = Σ over the statistics of -½·ρ³·Σ dL/dx̂·(x - c)
+            d_eps = (-0.5 * self.rstd**3 * sum_gx).sum().reshape(1)
         if self.elementwise and (need_w or need_b):
             db, dw = kernels.column_grad_sums(dy, x3, center, rstd)
-        elif need_w or need_b:
-            dw, db = affine_grads(*sums, rstd)
         return (
             dx,
             cast_grad(dw if need_w else None, self.weight),

@@ -16,7 +16,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..tensor import Tensor
 from . import elementwise
-from .normalize import Normalize, Statistic, check_dtype, empty
+from .normalize import Normalize, Running, Statistic, blend, check_dtype, empty
 from .normalize_mixed import Component, SwitchableNormalize, mixed_normalize
 from .softmax import softmax
 
@@ -61,29 +61,11 @@ def _rstd(var: Tensor, eps: float):
     return 1.0 / np.sqrt(var.data.astype(np.float64) + eps) if var is not None else None
 
 
-def _blend(buffer: Tensor, value, momentum: float) -> None:
-    """buffer ← (1 - momentum)·buffer + momentum·value, in place (a running estimate)."""
-    buffer.data[...] = (1 - momentum) * buffer.data + momentum * value
-
-
-def running_update(running_mean, running_var, momentum: float):
+def running_update(running_mean, running_var, momentum: float) -> Running | None:
     """The `report` of a training step: the running mean and the unbiased variance m/(m-1)·σ²
     (m values a statistic) move by `momentum` towards this batch's (the average over the
     samples for per-sample statistics); None when there are no running estimates."""
-    if running_mean is None:
-        return None
-
-    def report(mean, var, m: int) -> None:
-        _blend(running_mean, _average(mean), momentum)
-        if running_var is not None:
-            _blend(running_var, _average(var) * (m / (m - 1)), momentum)
-
-    return report
-
-
-def _average(stats):
-    """Per-statistic values (1 or N, C) averaged over the samples: (C,)."""
-    return stats[0] if len(stats) == 1 else stats.mean(axis=0)
+    return None if running_mean is None else Running(running_mean, running_var, momentum)
 
 
 def _need_running(op: str, *estimates: Tensor | None) -> None:
@@ -178,8 +160,8 @@ def batch_renorm(
         mu, sigma = running_mean.data, running_std.data
         r = xp.clip(std_b / sigma, 1 / rmax, rmax)
         d = xp.clip((mean_b - mu) / sigma, -dmax, dmax)
-        _blend(running_mean, mean_b, momentum)
-        _blend(running_std, std_b, momentum)
+        blend(running_mean, mean_b, momentum)
+        blend(running_std, std_b, momentum)
         return r, d
 
     return Normalize.apply(

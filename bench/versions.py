@@ -1,0 +1,109 @@
+"""Two versions of tinynorm on the CPU, each in its own processes: this checkout against an
+earlier commit, on the norm layers of `bench/layers.py` and the training steps of
+`bench/train.py` (the before/after numbers a change to a hot path owes).
+
+    python bench/versions.py --before REV [--rounds 5] [--steps 30] [--threads 2]
+                             [--layers] [--train] [--json PATH]
+
+REV is checked out into a temporary git worktree and installed there (`pip install --no-deps
+--target`, so its compiled kernels are its own); each measurement is a fresh process that imports
+NumPy first and then one version (the earlier one first on the import path), the versions
+alternate, `--rounds` processes each, and a row gives each version's median over processes,
+the range, and after/before. Run it alone, with the host's OpenBLAS overrides unset:
+`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/versions.py --before REV`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import common
+import layers
+import train
+
+HERE = Path(__file__).resolve().parent
+HEADER = ["bench", "case", "before ms", "after ms", "after / before"]
+
+
+def install(rev: str, folder: Path) -> Path:
+    """tinynorm at `rev`, installed into folder/site (from a worktree in folder/src)."""
+    src, site = folder / "src", folder / "site"
+    git = ["git", "-C", str(HERE.parent)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(src), rev], check=True)
+    try:
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site)]
+        subprocess.run([*pip, str(src)], check=True)
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(src)], check=True)
+    return site
+
+
+def cases(args: argparse.Namespace, folder: Path) -> list[tuple[str, str, str, dict]]:
+    """(bench, case, script, spec) for every measurement chosen."""
+    out = []
+    if args.layers:
+        for layer in layers.LAYERS:
+            spec = {"layer": layer, "framework": "tinynorm"}
+            out.append(("layers", layer, layers.__file__, spec))
+    if args.train:
+        for norm in train.NORMS:
+            weights = folder / f"main-{norm}.npz"
+            train.initial_weights("main", norm, weights)
+            spec = {"model": "main", "norm": norm, "mode": "train", "weights": str(weights)}
+            out.append(("train", f"main {norm}", train.__file__, spec | {"framework": "tinynorm"}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--before", required=True, help="the earlier commit (any git revision)")
+    p.add_argument("--rounds", type=int, default=5, help="processes per version (median)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per process (median)")
+    p.add_argument("--threads", type=int, default=2, help="threads for each version")
+    p.add_argument("--layers", action="store_true", help="the norm layers (bench/layers.py)")
+    p.add_argument("--train", action="store_true", help="the main job's steps (bench/train.py)")
+    p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    if not (args.layers or args.train):
+        args.layers = args.train = True
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        site = install(args.before, folder)
+        print(common.markdown_table(HEADER, [], left=2))
+        for bench, case, script, spec in cases(args, folder):
+            spec |= {"steps": args.steps, "threads": args.threads}
+            ms: dict[str, list[float]] = {"before": [], "after": []}
+            for _ in range(args.rounds):
+                for version in ms:
+                    path = str(site) if version == "before" else None
+                    result = common.run_in_process(sys.executable, script, spec, path)
+                    ms[version].append(result["ms"])
+            row = {"bench": bench, "case": case}
+            row |= {
+                v: {"ms": statistics.median(t), "range": [min(t), max(t)]} for v, t in ms.items()
+            }
+            row["ratio"] = row["after"]["ms"] / row["before"]["ms"]
+            rows.append(row)
+            cells = [bench, case, common.cell(row["before"]["ms"]), common.cell(row["after"]["ms"])]
+            print(
+                common.markdown_table(
+                    HEADER, [[*cells, common.cell(row["ratio"])]], left=2
+                ).splitlines()[-1]
+            )
+    if args.json:
+        import numba  # noqa: F401  (only so that `machine` reports the versions in use)
+        import numpy  # noqa: F401
+
+        info = common.machine(args.threads)
+        common.write_json(args.json, info, rows, before=args.before, rounds=args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
