@@ -42,6 +42,7 @@ def child(spec: dict) -> dict:
     import numpy as np
 
     name, args, shape = LAYERS[spec["layer"]]
+    shape = spec.get("shape", shape)  # another input shape (bench/versions.py's small ones)
     rng = np.random.default_rng(0)
     x, dy = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
     kwargs = {"affine": True} if name == "InstanceNorm2d" else {}

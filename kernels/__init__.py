@@ -201,19 +201,21 @@ def _view(x):
 
 
 def _filled(shape, a, x, dtype=None):
-    """`a` broadcast to `shape` as a contiguous array in `dtype` (default x's): `a` itself
-    when it is one already, else one copy (or one fill, for a number)."""
-    xp, dtype = get_array_module(x), x.dtype if dtype is None else dtype
-    if not hasattr(a, "shape"):
-        return xp.full(shape, a, dtype)
-    shape = tuple(np.atleast_1d(shape))
-    while a.ndim > len(shape) and a.shape[0] == 1:  # as assignment does: (1, C) fills (C,)
-        a = a[0]
-    if a.shape != shape or (isinstance(a, np.ndarray) and not a.flags.writeable):
-        # a copy: of the broadcast view, or of a read-only array (a kernel compiled for
-        # writable arrays would compile again for it)
-        return xp.array(xp.broadcast_to(a, shape), dtype=dtype, order="C")
-    return xp.ascontiguousarray(a, dtype=dtype)
+    """`a` broadcast to `shape` as a contiguous writable array in `dtype` (default x's): `a`
+    itself when it is one already, else a fresh array filled with it (one copy or fill; a
+    read-only array is copied too: a kernel compiled for writable arrays would compile again)."""
+    dtype = x.dtype if dtype is None else np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if (
+        getattr(a, "shape", None) == shape
+        and a.dtype == dtype
+        and a.flags.c_contiguous
+        and getattr(a.flags, "writeable", True)  # CuPy's arrays are always writable
+    ):
+        return a
+    out = get_array_module(x).empty(shape, dtype)
+    out[...] = a  # as assignment broadcasts: (1, C) fills (C,)
+    return out
 
 
 def _rows(a, x, dtype=None):
@@ -410,13 +412,9 @@ def combine_runs(
         return combine_runs_composed(dy, x, k, mean, rstd, gamma, w, centered, across_batch, scaled)
     mean, rstd = _run_stats(x, k, False, mean, rstd)
     dx, sum_dy, sum_dyx = np.empty_like(x), np.empty(x.shape[:2]), np.empty(x.shape[:2])
-    g, w = _channel(x, gamma, 1), _tables(x, w)[0]
-    _cpu.combine_runs(dy, x, k, centered, mean, rstd, g, w, dx, sum_dy, sum_dyx)
-    N, G = mean.shape
-    dtype = x.dtype if gamma is None else gamma.dtype
-    rho = np.repeat(rstd, k, axis=1)
-    sum_gx = (g * sum_dyx).reshape(N, G, k).sum(axis=2)
-    return dx, (rho * sum_dyx).sum(axis=0).astype(dtype), sum_dy.sum(axis=0).astype(dtype), sum_gx
+    _cpu.combine_runs(dy, x, k, centered, mean, rstd, _channel(x, gamma, 1), _tables(x, w)[0],
+                      dx, sum_dy, sum_dyx)  # fmt: skip
+    return dx, *_coefficients((sum_dy, sum_dyx), x, k, rstd, gamma, centered, False, True)[3:]
 
 
 def _parts(sums, x):
@@ -455,8 +453,9 @@ def normalize_runs_composed(
     (mean, has_mean), (var, has_var) = _optional(x, mean), _optional(x, var)
     affine = (gamma, beta, has_gamma, has_beta)
     running = (mean, var, float(momentum), has_mean, has_var)
-    args = (parts, chunk, S, C, k, across_batch, centered, scaled, float(eps), affine, running)
-    _impl(x).statistics(*args, stats, tuple(r.reshape(-1) for r in rows))
+    flags = (k, across_batch, centered, scaled, float(eps))
+    outputs = (*stats, *(r.reshape(-1) for r in rows))
+    _impl(x).statistics(stats[0].size, *parts, chunk, S, C, *flags, *affine, *running, *outputs)
     return normalize(x, *rows, w, b), *stats
 
 
@@ -467,26 +466,38 @@ def combine_runs_composed(
     sums, `coefficients` (dx's per-row coefficients, dγ, dβ: `formulas.finalize_gradient`),
     combine."""
     x, dy = _view(x), _view(dy)
-    xp = get_array_module(x)
-    N, C, S = x.shape
     mean, rstd = _run_stats(x, k, across_batch, mean, rstd)
     if is_cupy(x):
         center = mean
         parts = _impl(x).grad_sum_parts(dy, x, center, w)
     else:
         center = _rows(np.repeat(mean, k, axis=1), x)
-        parts = _parts(_cpu.row_grad_sums(dy, x, center, *_tables(x, w)), x)[0]
-    m = (N if across_batch else 1) * k * S
-    g, has_gamma = _optional(x, gamma)
-    dtype = g.dtype if has_gamma else x.dtype
-    alpha, beta, delta = (xp.empty(N * C) for _ in range(3))
-    out = (alpha, beta, delta, xp.empty(mean.shape), xp.empty(C, dtype), xp.empty(C, dtype))
-    _impl(x).coefficients(parts, C, k, across_batch, centered, scaled, (rstd, m), g, has_gamma, out)
+        parts = _cpu.row_grad_sums(dy, x, center, *_tables(x, w))
+    alpha, beta, delta, *grads = _coefficients(
+        parts, x, k, rstd, gamma, centered, across_batch, scaled
+    )
     if is_cupy(x):
         dx = _impl(x).combine(dy, x, center, alpha, beta, delta, w)
     else:
-        dx = _cpu.combine(dy, x, center, *out[:3], *_tables(x, w), np.empty_like(x))
-    return dx, out[4], out[5], out[3]
+        dx = _cpu.combine(dy, x, center, alpha, beta, delta, *_tables(x, w), np.empty_like(x))
+    return dx, *grads
+
+
+def _coefficients(parts, x, k, rstd, gamma, centered, across_batch, scaled):
+    """`coefficients` for the rows' gradient sums `parts` ((N·C, J) each, or (N, C)): dx's
+    per-row alpha, beta, delta (N·C,) float64, dγ and dβ (C,) in gamma's dtype (x's without
+    one), and sum_gx per statistic (`combine_runs`)."""
+    xp = get_array_module(x)
+    N, C, S = x.shape
+    parts = tuple(a.reshape(N * C, -1) for a in parts)
+    g, has_gamma = _optional(x, gamma)
+    dtype = g.dtype if has_gamma else x.dtype
+    m = (N if across_batch else 1) * k * S
+    rows = tuple(xp.empty(N * C) for _ in range(3))
+    grads = (xp.empty(rstd.shape), xp.empty(C, dtype), xp.empty(C, dtype))
+    flags = (C, k, across_batch, centered, scaled, rstd, m, g, has_gamma)
+    _impl(x).coefficients(max(rstd.size, C), *parts, *flags, *rows, *grads)
+    return (*rows, grads[1], grads[2], grads[0])
 
 
 def im2col(

@@ -235,20 +235,16 @@ def combine_runs(dy, x, k, centered, mean, rstd, gamma, w, dx, sum_dy, sum_dyx):
 
 
 @njit(cache=True, error_model="numpy")
-def statistics(parts, chunk, S, C, k, across, centered, scaled, eps, affine, running, stats, rows):
-    """`formulas.finalize_statistic` for every statistic, one after another (at most a few
-    thousand, each a loop over its rows' moments: no threads)."""
-    for i in range(stats[0].size):
-        finalize_statistic(
-            i, parts, chunk, S, C, k, across, centered, scaled, eps, affine, running, stats, rows
-        )
+def statistics(n, *args):
+    """`formulas.finalize_statistic` for the n statistics, one after another, in one call
+    (at most a few thousand, each a loop over its rows' moments: no threads)."""
+    finalize_statistic(0, n, *args)
 
 
 @njit(cache=True, error_model="numpy")
-def coefficients(parts, C, k, across, centered, scaled, stats, gamma, has_gamma, out):
-    """`formulas.finalize_gradient` for every statistic and channel, one after another."""
-    for i in range(max(stats[0].size, C)):
-        finalize_gradient(i, parts, C, k, across, centered, scaled, stats, gamma, has_gamma, out)
+def coefficients(n, *args):
+    """`formulas.finalize_gradient` for i < n = max(statistics, channels), in one call."""
+    finalize_gradient(0, n, *args)
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)

@@ -141,86 +141,32 @@ def _combine(dy, x, center, alpha, beta, delta, w, has_w, C, S, dx):
 
 @cuda.jit(cache=True)
 def _statistics(
-    mean_p,
-    m2_p,
-    chunk,
-    S,
-    C,
-    k,
-    across,
-    centered,
-    scaled,
-    eps,
-    gamma,
-    beta,
-    has_gamma,
-    has_beta,
-    run_mean,
-    run_var,
-    momentum,
-    has_run_mean,
-    has_run_var,
-    mean,
-    rstd,
-    center,
-    scale,
-    shift,
-):
-    """Thread per statistic: `formulas.finalize_statistic`."""
+    n, mean_p, m2_p, chunk, S, C, k, across, centered, scaled, eps, gamma, beta, has_gamma,
+    has_beta, run_mean, run_var, momentum, has_run_mean, has_run_var, stat_mean, stat_rstd,
+    center, scale, shift,
+):  # fmt: skip
+    """Thread i < n: `formulas.finalize_statistic` for statistic i (a kernel takes no *args)."""
     i = cuda.grid(1)
-    if i < mean.size:
+    if i < n:
         finalize_statistic(
-            i,
-            (mean_p, m2_p),
-            chunk,
-            S,
-            C,
-            k,
-            across,
-            centered,
-            scaled,
-            eps,
-            (gamma, beta, has_gamma, has_beta),
-            (run_mean, run_var, momentum, has_run_mean, has_run_var),
-            (mean, rstd),
-            (center, scale, shift),
-        )
+            i, i + 1, mean_p, m2_p, chunk, S, C, k, across, centered, scaled, eps, gamma, beta,
+            has_gamma, has_beta, run_mean, run_var, momentum, has_run_mean, has_run_var,
+            stat_mean, stat_rstd, center, scale, shift,
+        )  # fmt: skip
 
 
 @cuda.jit(cache=True)
 def _coefficients(
-    g_p,
-    gx_p,
-    C,
-    k,
-    across,
-    centered,
-    scaled,
-    rstd,
-    m,
-    gamma,
-    has_gamma,
-    alpha,
-    beta,
-    delta,
-    sum_gx,
-    dgamma,
-    dbeta,
-):
-    """Thread per statistic and channel: `formulas.finalize_gradient`."""
-    finalize_gradient(
-        cuda.grid(1),
-        (g_p, gx_p),
-        C,
-        k,
-        across,
-        centered,
-        scaled,
-        (rstd, m),
-        gamma,
-        has_gamma,
-        (alpha, beta, delta, sum_gx, dgamma, dbeta),
-    )
+    n, g_p, gx_p, C, k, across, centered, scaled, rstd, m, gamma, has_gamma, alpha, beta, delta,
+    sum_gx, dgamma, dbeta,
+):  # fmt: skip
+    """Thread i < n: `formulas.finalize_gradient` for statistic and channel i."""
+    i = cuda.grid(1)
+    if i < n:
+        finalize_gradient(
+            i, i + 1, g_p, gx_p, C, k, across, centered, scaled, rstd, m, gamma, has_gamma, alpha,
+            beta, delta, sum_gx, dgamma, dbeta,
+        )  # fmt: skip
 
 
 @cuda.jit(cache=True)
@@ -337,35 +283,14 @@ def row_grad_sums(dy, x, center, w=None, chunk: int = CHUNK):
     return g.reshape(N, C), gx.reshape(N, C)
 
 
-def statistics(parts, chunk, S, C, k, across, centered, scaled, eps, affine, running, stats, rows):
-    """`formulas.finalize_statistic`, a thread per statistic (see cpu.statistics)."""
-    grid = _grid(stats[0].size)
-    _launch(
-        _statistics,
-        grid,
-        *parts,
-        chunk,
-        S,
-        C,
-        k,
-        across,
-        centered,
-        scaled,
-        eps,
-        *affine,
-        *running,
-        *stats,
-        *rows,
-    )
+def statistics(n, *args):
+    """`formulas.finalize_statistic` for n statistics, a thread each (see cpu.statistics)."""
+    _launch(_statistics, _grid(n), n, *args)
 
 
-def coefficients(parts, C, k, across, centered, scaled, stats, gamma, has_gamma, out):
-    """`formulas.finalize_gradient`, a thread per statistic and channel (see
-    cpu.coefficients)."""
-    grid = _grid(max(stats[0].size, C))
-    _launch(
-        _coefficients, grid, *parts, C, k, across, centered, scaled, *stats, gamma, has_gamma, *out
-    )
+def coefficients(n, *args):
+    """`formulas.finalize_gradient` for i < n, a thread each (see cpu.coefficients)."""
+    _launch(_coefficients, _grid(n), n, *args)
 
 
 def normalize(x, center, scale, shift, w=None, b=None):

@@ -49,103 +49,105 @@ def dx_terms(rho, mean_g, mean_gx, centered, scaled):
 
 @register_jitable
 def finalize_statistic(
-    i, parts, chunk, S, C, k, across, centered, scaled, eps, affine, running, stats, rows
-):
-    """The small step between a normalization's reduction and its elementwise pass, for
-    statistic i = p·G + g (G = C/k runs of k channels; p the sample, or 0 when `across` the
-    batch): pool its rows' per-chunk moments, then its center c and ρ, the running estimates of
-    its channels, and its rows' coefficients. One body for the CPU (a loop over i) and the GPU
-    (a thread per i).
+    lo, hi, mean_p, m2_p, chunk, S, C, k, across, centered, scaled, eps, gamma, beta, has_gamma,
+    has_beta, run_mean, run_var, momentum, has_run_mean, has_run_var, stat_mean, stat_rstd,
+    center, scale, shift,
+):  # fmt: skip
+    """The small step between a normalization's reduction and its elementwise pass, for each
+    statistic lo ≤ i < hi, i = p·G + g (G = C/k runs of k channels; p the sample, or 0 when
+    `across` the batch): pool its rows' per-chunk moments, then its center c and ρ, the running
+    estimates of its channels, and its rows' coefficients. One body for the CPU (all i in one
+    call) and the GPU (a thread per i); flat arguments, as a CUDA kernel takes them (on the CPU a
+    tuple argument costs microseconds to dispatch, and a call per i each array's reference
+    counts).
 
-    parts = (mean, M2) (N·C, J): the moments of each row's J chunks of `chunk` values (the last
+    mean_p, m2_p (N·C, J): the moments of each row's J chunks of `chunk` values (the last
     S - (J-1)·chunk), pooled by Chan's update. c = μ when `centered` (else 0, σ² = ⟨x²⟩),
-    ρ = 1/sqrt(σ² + eps) when `scaled` (else 1). affine = (γ, β, has_γ, has_β), (C,) each;
-    running = (mean, var, momentum, has_mean, has_var): each (C,) buffer moves by `momentum`
-    towards c and the unbiased m/(m-1)·σ² (m values a statistic). Writes stats = (c, ρ)
-    (1 or N, G) in float64 and rows = (center, scale, shift) (N·C,): c, ρ·γ[c], β[c]."""
-    mean_p, m2_p = parts
-    gamma, beta, has_gamma, has_beta = affine
-    run_mean, run_var, momentum, has_run_mean, has_run_var = running
+    ρ = 1/sqrt(σ² + eps) when `scaled` (else 1). γ, β (C,) where has_γ, has_β; run_mean,
+    run_var (C,) where has_run_mean, has_run_var: each buffer moves by `momentum` towards c and
+    the unbiased m/(m-1)·σ² (m values a statistic). Writes stat_mean, stat_rstd = c, ρ
+    (1 or N, G) in float64 and center, scale, shift (N·C,): c, ρ·γ[c], β[c]."""
     N, J = mean_p.shape[0] // C, mean_p.shape[1]
     G = C // k
-    p, g = i // G, i % G
-    n0, n1 = (0, N) if across else (p, p + 1)
-    count = 0.0
-    mean = 0.0
-    m2 = 0.0
-    for n in range(n0, n1):
-        for r in range(n * C + g * k, n * C + g * k + k):
-            for j in range(J):
-                size = chunk if j < J - 1 else S - (J - 1) * chunk
-                total = count + size
-                d = mean_p[r, j] - mean
-                mean += d * size / total
-                m2 += m2_p[r, j] + d * d * count * size / total
-                count = total
-    var = m2 / count
-    if not centered:
-        var += mean * mean
+    for i in range(lo, hi):
+        p, g = i // G, i % G
+        n0, n1 = (0, N) if across else (p, p + 1)
+        count = 0.0
         mean = 0.0
-    rho = 1.0 / math.sqrt(var + eps) if scaled else 1.0
-    stats[0][p, g] = mean
-    stats[1][p, g] = rho
-    center, scale, shift = rows
-    for c in range(g * k, g * k + k):
-        if has_run_mean:
-            run_mean[c] = (1 - momentum) * run_mean[c] + momentum * mean
-        if has_run_var:
-            run_var[c] = (1 - momentum) * run_var[c] + momentum * var * count / (count - 1)
-        a = rho * gamma[c] if has_gamma else rho
-        b = beta[c] if has_beta else 0.0
+        m2 = 0.0
         for n in range(n0, n1):
-            center[n * C + c] = mean
-            scale[n * C + c] = a
-            shift[n * C + c] = b
+            for r in range(n * C + g * k, n * C + g * k + k):
+                for j in range(J):
+                    size = chunk if j < J - 1 else S - (J - 1) * chunk
+                    total = count + size
+                    d = mean_p[r, j] - mean
+                    mean += d * size / total
+                    m2 += m2_p[r, j] + d * d * count * size / total
+                    count = total
+        var = m2 / count
+        if not centered:
+            var += mean * mean
+            mean = 0.0
+        rho = 1.0 / math.sqrt(var + eps) if scaled else 1.0
+        stat_mean[p, g] = mean
+        stat_rstd[p, g] = rho
+        for c in range(g * k, g * k + k):
+            if has_run_mean:
+                run_mean[c] = (1 - momentum) * run_mean[c] + momentum * mean
+            if has_run_var:
+                run_var[c] = (1 - momentum) * run_var[c] + momentum * var * count / (count - 1)
+            a = rho * gamma[c] if has_gamma else rho
+            b = beta[c] if has_beta else 0.0
+            for n in range(n0, n1):
+                center[n * C + c] = mean
+                scale[n * C + c] = a
+                shift[n * C + c] = b
 
 
 @register_jitable
-def finalize_gradient(i, parts, C, k, across, centered, scaled, stats, gamma, has_gamma, out):
+def finalize_gradient(
+    lo, hi, g_p, gx_p, C, k, across, centered, scaled, rstd, m, gamma, has_gamma, alpha, beta,
+    delta, sum_gx, dgamma, dbeta,
+):  # fmt: skip
     """The backward's step between its reduction and its elementwise pass (see
-    `finalize_statistic`), for statistic i and channel i (either may be out of range):
+    `finalize_statistic`), for each lo ≤ i < hi, statistic i and channel i (either may be out of
+    range):
 
     statistic i: with g = γ[c]·Σ_s dy·w and gx = γ[c]·Σ_s dy·w·(x - c) per row, summed over the
-    chunks parts = (Σ dy·w, Σ dy·w·(x - c)) (N·C, J) and over the statistic's m rows·S values,
-    writes sum_gx (1 or N, G) and the rows' coefficients of dx = alpha·dy·w + beta·(x - c) +
-    delta: alpha = ρ·γ[c] and `dx_terms`(ρ, ⟨g⟩, ⟨gx⟩);
-    channel i: dγ = Σ_n ρ·Σ_s dy·(x - c), dβ = Σ_n Σ_s dy (stored in their arrays' dtype).
-
-    stats = (ρ (1 or N, G), m); out = (alpha, beta, delta) (N·C,) float64, sum_gx, dγ, dβ."""
-    g_p, gx_p = parts
-    rstd, m = stats
-    alpha, beta, delta, sum_gx, dgamma, dbeta = out
+    chunks of g_p = Σ dy·w and gx_p = Σ dy·w·(x - c) (N·C, J) and over the statistic's rows
+    (m values, ρ = rstd (1 or N, G)), writes sum_gx (1 or N, G) and the rows' coefficients of
+    dx = alpha·dy·w + beta·(x - c) + delta, (N·C,) float64: alpha = ρ·γ[c] and
+    `dx_terms`(ρ, ⟨g⟩, ⟨gx⟩);
+    channel i: dγ = Σ_n ρ·Σ_s dy·(x - c), dβ = Σ_n Σ_s dy (stored in their arrays' dtype)."""
     N, J = g_p.shape[0] // C, g_p.shape[1]
     G = C // k
-    if i < rstd.shape[0] * G:
-        p, g = i // G, i % G
-        n0, n1 = (0, N) if across else (p, p + 1)
-        sg = 0.0
-        sgx = 0.0
-        for n in range(n0, n1):
-            for c in range(g * k, g * k + k):
-                w = gamma[c] if has_gamma else 1.0
+    for i in range(lo, hi):
+        if i < rstd.shape[0] * G:
+            p, g = i // G, i % G
+            n0, n1 = (0, N) if across else (p, p + 1)
+            sg = 0.0
+            sgx = 0.0
+            for n in range(n0, n1):
+                for c in range(g * k, g * k + k):
+                    w = gamma[c] if has_gamma else 1.0
+                    for j in range(J):
+                        sg += w * g_p[n * C + c, j]
+                        sgx += w * gx_p[n * C + c, j]
+            rho = rstd[p, g]
+            b, d = dx_terms(rho, sg / m, sgx / m, centered, scaled)
+            sum_gx[p, g] = sgx
+            for n in range(n0, n1):
+                for c in range(g * k, g * k + k):
+                    alpha[n * C + c] = rho * gamma[c] if has_gamma else rho
+                    beta[n * C + c] = b
+                    delta[n * C + c] = d
+        if i < C:
+            dg = 0.0
+            db = 0.0
+            for n in range(N):
+                rho = rstd[0 if across else n, i // k]
                 for j in range(J):
-                    sg += w * g_p[n * C + c, j]
-                    sgx += w * gx_p[n * C + c, j]
-        rho = rstd[p, g]
-        b, d = dx_terms(rho, sg / m, sgx / m, centered, scaled)
-        sum_gx[p, g] = sgx
-        for n in range(n0, n1):
-            for c in range(g * k, g * k + k):
-                alpha[n * C + c] = rho * gamma[c] if has_gamma else rho
-                beta[n * C + c] = b
-                delta[n * C + c] = d
-    if i < C:
-        dg = 0.0
-        db = 0.0
-        for n in range(N):
-            rho = rstd[0 if across else n, i // k]
-            for j in range(J):
-                dg += rho * gx_p[n * C + i, j]
-                db += g_p[n * C + i, j]
-        dgamma[i] = dg
-        dbeta[i] = db
+                    dg += rho * gx_p[n * C + i, j]
+                    db += g_p[n * C + i, j]
+            dgamma[i] = dg
+            dbeta[i] = db

@@ -89,8 +89,9 @@ def report(name: str, args: tuple) -> KernelReport:
     signature = tuple(dispatcher.typeof_pyval(a) for a in args)
     options = {k: v for k, v in dispatcher.targetoptions.items() if k not in ("cache", "nopython")}
     fresh = numba.njit(**options)(dispatcher.py_func)
-    fresh.compile(signature)
-    ir, asm = fresh.inspect_llvm(signature), fresh.inspect_asm(signature)
+    folded = tuple(fresh.fold_argument_types(signature, {})[1])  # *args as one tuple type
+    fresh.compile(folded)
+    ir, asm = fresh.inspect_llvm(folded), fresh.inspect_asm(folded)
     types = sorted(
         set(re.findall(r"<(\d+) x (half|float|double)>", ir)), key=lambda t: (-int(t[0]), t[1])
     )

@@ -1,9 +1,10 @@
 """Every CUDA kernel compiles to PTX for an H100/H200 (sm_90), without a GPU.
 
-The simulator runs the kernels' Python, so a kernel that Numba's CUDA target cannot type (a
-device function it cannot call, a tuple it cannot build, a float64 stored into a float32 array
-it refuses) passes every simulator test and fails on the first real launch. Here each kernel is
-compiled by NVVM for the argument types of real calls: in a child process with the simulator off
+The simulator runs the kernels' Python, so a kernel that Numba's CUDA target cannot compile (a
+device function it cannot call, a value it cannot type, a `*args` parameter, which a launch does
+not fold into a tuple as the CPU's `@njit` does) passes every simulator test and fails on the
+first real launch. Here each kernel is compiled by NVVM for the argument types of real calls, as
+a launch types them: in a child process with the simulator off
 (the tests run with it on), where `cuda._launch` compiles instead of launching. Skipped where
 the CUDA toolkit's compilers (NVVM, NVRTC) are not installed.
 """
@@ -34,7 +35,7 @@ def compile_every_kernel(dtype) -> list[str]:
     compiled: dict[str, int] = {}
 
     def compile_launch(kernel, grid, *args):
-        signature = tuple(numba.typeof(a) for a in args)
+        signature = tuple(numba.typeof(a) for a in args)  # as a launch types them
         ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=ARCH)
         assert ".entry" in ptx
         compiled[kernel.py_func.__name__] = len(ptx)
@@ -54,11 +55,11 @@ def compile_every_kernel(dtype) -> list[str]:
     affine = (channels, channels, True, True)
     running = (channels, channels, 0.1, True, True)
     flat = tuple(np.ones(N * C, dtype) for _ in range(3))
-    args = ((mean, m2), chunk, S, C, k, True, True, True, 1e-5, affine, running, stats, flat)
-    kernels_cuda.statistics(*args)
-    out = (*(np.ones(N * C) for _ in range(3)), np.ones((1, C // k)), channels, channels)
     flags = (True, True, True)
-    kernels_cuda.coefficients((mean, m2), C, k, *flags, (stats[1], 8), channels, True, out)
+    kernels_cuda.statistics(2, mean, m2, chunk, S, C, k, *flags, 1e-5, *affine, *running,
+                            *stats, *flat)  # fmt: skip
+    out = (*(np.ones(N * C) for _ in range(3)), np.ones((1, C // k)), channels, channels)
+    kernels_cuda.coefficients(C, mean, m2, C, k, *flags, stats[1], 8, channels, True, *out)
     images = rng.standard_normal((N, C, 6, 5)).astype(dtype)
     cols = np.empty((N, C, 3, 3, 6, 5), dtype)
     kernels_cuda.im2col(images, 3, 3, 1, 1, 1, 1, 6, 5, cols)

@@ -536,6 +536,69 @@ def test_cuda_runs_match_the_fused_cpu_kernels(rng, simulate_gpu, k, dtype, elem
         np.testing.assert_allclose(actual, expected, rtol=TOL[dtype], atol=TOL[dtype])
 
 
+def across_the_batch(x, dy, k, gamma, beta, scaled, running):
+    """Float64 reference of batch statistics over runs of k channels and every sample: y, c,
+    ρ, dx, dγ, dβ, and the running estimates (mean, var) after one step with momentum 0.1."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    N, C, S = x.shape
+    G = C // k
+    xg = x.transpose(1, 0, 2).reshape(G, -1)  # statistic g: channels g·k .. g·k + k - 1
+    mean, var = xg.mean(axis=1, keepdims=True), xg.var(axis=1, keepdims=True)
+    rho = 1 / np.sqrt(var + EPS) if scaled else np.ones_like(var)
+    xhat = (xg - mean) * rho
+    g = (gamma.astype(np.float64)[:, None, None] * dy.transpose(1, 0, 2)).reshape(G, -1)
+    dx = g - g.mean(axis=1, keepdims=True)
+    if scaled:
+        dx = rho * (dx - xhat * (g * xhat).mean(axis=1, keepdims=True))
+
+    def back(a):  # (G, k·N·S) -> (N, C, S)
+        return a.reshape(C, N, S).transpose(1, 0, 2)
+
+    y = back(xhat) * gamma[:, None] + beta[:, None]
+    dgamma = (dy * back(xhat)).sum(axis=(0, 2))
+    m = k * N * S
+    run_mean = 0.9 * running[0] + 0.1 * np.repeat(mean[:, 0], k)
+    run_var = 0.9 * running[1] + 0.1 * np.repeat(var[:, 0], k) * m / (m - 1)
+    return y, mean.T, rho.T, back(dx), dgamma, dy.sum(axis=(0, 2)), run_mean, run_var
+
+
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("scaled", [True, False], ids=["scaled", "unscaled"])
+@dtype_param
+def test_statistics_across_the_batch_match_numpy(rng, simulate_gpu, where, k, scaled, dtype):
+    """normalize_runs / combine_runs with `across_batch` (BN: k = 1; unscaled: mean-only BN):
+    y, the statistics, dx, dγ, dβ and the running estimates moved in place, on the CPU and on
+    the CUDA kernels with rows of two chunks (the second short: pooled by the statistics
+    kernel)."""
+    if where == "cuda":
+        if dtype == np.float64:
+            pytest.skip("one dtype through the CUDA path (the simulator types nothing)")
+        if not CUDA_USABLE:
+            pytest.skip("no CUDA GPU and Numba's CUDA simulator is off")
+        simulate_gpu()
+    from tinynorm.kernels import cuda
+
+    N, C = (2, 2) if where == "cuda" else (3, 4)
+    S = cuda.CHUNK + 13 if where == "cuda" else 37
+    x = (2 * rng.standard_normal((N, C, S)) + 1.5).astype(dtype)
+    dy = rng.standard_normal((N, C, S)).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    running = [rng.uniform(0.5, 2.0, C).astype(np.float32) for _ in range(2)]
+    expected = across_the_batch(x, dy, k, gamma, beta, scaled, running)
+    flags = {"across_batch": True, "scaled": scaled}
+    y, mean, rstd = kernels.normalize_runs(x, k, EPS, gamma, beta, **flags, running=(*running, 0.1))
+    dx, dgamma, dbeta, _ = kernels.combine_runs(dy, x, k, mean, rstd, gamma, **flags)
+    assert mean.shape == rstd.shape == (1, C // k)
+    assert dgamma.dtype == dbeta.dtype == dtype and running[0].dtype == np.float32
+    actual = (y, mean, rstd, dx, dgamma, dbeta, *running)
+    tol = {np.float32: 1e-4, np.float64: 1e-10}[dtype]
+    for name, a, e in zip(("y", "c", "ρ", "dx", "dγ", "dβ", "mean", "var"), actual, expected):
+        if name in ("mean", "var"):  # float32 buffers
+            tol = 1e-6
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol, err_msg=name)
+
+
 # numerical stability ---------------------------------------------------------------------------
 
 BIG = 2.0**24  # float32 values are 2 apart from here on: BIG + 1 is not a float32

@@ -297,40 +297,34 @@ class Normalize(Function):
         )
 
     def _backward_runs(self, dy):
+        """dx, dγ, dβ (a per-channel affine's) and Σ dL/dx̂·(x - c) from one kernel call
+        (`kernels.combine_runs`; dx is computed even when only the parameters need a
+        gradient); an elementwise affine's gradients from one more."""
         x3, stat = self.x, self.statistic
         need_x, need_w, need_b, need_eps = (*self.needs_input_grad, False)[:4]
-        N, k = x3.shape[0], stat.channels
-        center, rstd = (stat.per_row(a, N) for a in (self.center, self.rstd))  # per row
-        dx = d_eps = dw = db = None
-        if need_x:  # dγ, dβ (a per-channel affine's) and Σ dL/dx̂·(x - c) come with dx
-            dx, dw, db, sum_gx = kernels.combine_runs(
-                dy,
-                x3,
-                k,
-                self.center,
-                self.rstd,
-                self.gamma,
-                self.w_table,
-                stat.centered,
-                across_batch=stat.across_batch,
-                scaled=stat.scaled,
-            )
-            dx = dx.reshape(self.shape)
-        elif need_w or need_b or need_eps:
-            sums = kernels.row_grad_sums(dy, x3, center, self.w_table)
-            dw, db = affine_grads(*sums, rstd)
-            sum_gx = stat.sums(
-                sums[1] * (1 if self.gamma is None else per_channel(self.gamma, x3.shape[1]))
-            )
+        dx, dw, db, sum_gx = kernels.combine_runs(
+            dy,
+            x3,
+            stat.channels,
+            self.center,
+            self.rstd,
+            self.gamma,
+            self.w_table,
+            stat.centered,
+            across_batch=stat.across_batch,
+            scaled=stat.scaled,
+        )
+        d_eps = None
         if need_eps:  # dL/dε = Σ over the statistics of -½·ρ³·Σ dL/dx̂·(x - c)
-            d_eps = (-0.5 * self.rstd**3 * sum_gx).sum().reshape(1)
+            d_eps = (-0.5 * self.rstd**3 * sum_gx).sum().reshape(1).astype(dy.dtype)
         if self.elementwise and (need_w or need_b):
+            center, rstd = (stat.per_row(a, x3.shape[0]) for a in (self.center, self.rstd))
             db, dw = kernels.column_grad_sums(dy, x3, center, rstd)
         return (
-            dx,
+            dx.reshape(self.shape) if need_x else None,
             cast_grad(dw if need_w else None, self.weight),
             cast_grad(db if need_b else None, self.bias),
-            None if d_eps is None else d_eps.astype(dy.dtype),
+            d_eps,
         )
 
 
