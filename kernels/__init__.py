@@ -42,6 +42,7 @@ project's one array-module helper (`tinynorm.backend` re-exports them).
 and, for the convolution's GEMMs, `im2col` (each image's window columns) and its adjoint
 `col2im` (on the CPU: serial and without the GIL, the convolution runs them in threads); for
 max pooling, `max_pool` (values and argmax) and `max_pool_backward`; `relu` and its backward;
+`tlu`, FRN's max(x, τ[c]), and its backward;
 `transpose`, a blocked 2-d transposed copy (`permute` of a 2-d tensor).
 
 Seeing inside: every CPU kernel launch passes through one wrapper (`_launcher`), which reports it
@@ -144,6 +145,8 @@ PARALLEL = (
     "max_pool_backward",
     "relu",
     "relu_backward",
+    "tlu",
+    "tlu_backward",
     "transpose",
     "copy",
 )
@@ -607,6 +610,26 @@ def relu_backward(dy, y):
         return dy * (y > 0)
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
     return _cpu.relu_backward(dy.ravel(), y.ravel(), np.empty(dy.size, dy.dtype)).reshape(dy.shape)
+
+
+def tlu(x, tau):
+    """z = max(x, τ[c]) for x (N, C, S) and τ (C,) (FRN's thresholded linear unit)."""
+    x = _view(x)
+    tau = _filled(x.shape[1], tau, x)
+    if is_cupy(x):
+        return _impl(x).tlu(x, tau)
+    return _cpu.tlu(x, tau, np.empty_like(x))
+
+
+def tlu_backward(dz, z, tau):
+    """The gradients of z = `tlu`(x, τ) from z itself: dx = dz where z > τ[c], else 0, and dτ
+    (C,) in float64 = Σ over (n, s) of dz where z ≤ τ[c] (so a tie x = τ sends it to τ)."""
+    z, dz = _view(z), _view(dz)
+    tau = _filled(z.shape[1], tau, z)
+    if is_cupy(z):
+        return _impl(z).tlu_backward(dz, z, tau)
+    dx = np.empty_like(z)
+    return dx, _cpu.tlu_backward(dz, z, tau, dx).sum(axis=0)
 
 
 def transpose(x):

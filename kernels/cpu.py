@@ -514,6 +514,40 @@ def relu_backward(dy, y, dx):
 
 
 @njit(parallel=True, cache=True)
+def tlu(x, tau, z):
+    """z = max(x, τ[c]) for x (N, C, S) and a threshold per channel τ (C,); parallel over
+    rows (FRN's thresholded linear unit)."""
+    N, C, S = x.shape
+    for r in prange(N * C):
+        n, c = r // C, r % C
+        t = tau[c]
+        for s in range(S):
+            v = x[n, c, s]
+            z[n, c, s] = t if v < t else v
+    return z
+
+
+@njit(parallel=True, cache=True)
+def tlu_backward(dz, z, tau, dx):
+    """dx = dz where z = `tlu`(x) > τ[c] (x passed), else 0; returns each row's share of dτ,
+    Σ_s dz where z ≤ τ[c], (N, C) in float64. Parallel over rows."""
+    N, C, S = dz.shape
+    dtau = np.empty((N, C))
+    for r in prange(N * C):
+        n, c = r // C, r % C
+        t = tau[c]
+        acc = 0.0
+        for s in range(S):
+            if z[n, c, s] > t:
+                dx[n, c, s] = dz[n, c, s]
+            else:
+                dx[n, c, s] = 0
+                acc += np.float64(dz[n, c, s])
+        dtau[n, c] = acc
+    return dtau
+
+
+@njit(parallel=True, cache=True)
 def copy(src, dst):
     """dst = src for flat arrays; parallel (`copy_bandwidth` times it)."""
     for k in prange(src.size):

@@ -187,6 +187,37 @@ def _column_grad_sums(dy, x, center, scale, N, C, S, db, dw):
     dw[c, s] = b
 
 
+@cuda.jit(cache=True)
+def _tlu(x, tau, C, S, z):
+    """Block (row r, span j): z = max(x, τ[c]), on the grid of `_normalize`."""
+    r = cuda.blockIdx.x
+    t = tau[r % C]
+    for s in range(cuda.blockIdx.y * THREADS + cuda.threadIdx.x, S, cuda.gridDim.y * THREADS):
+        v = x[r, s]
+        z[r, s] = t if v < t else v
+
+
+@cuda.jit(cache=True)
+def _tlu_backward(dz, z, tau, N, C, S, dx, dtau):
+    """Block per channel c: dx = dz where z > τ[c], else 0, and dτ[c] = Σ_(n, s) dz where
+    z ≤ τ[c] (float64), in one pass without atomics (C blocks: few channels use few SMs)."""
+    c = cuda.blockIdx.x
+    shared = cuda.shared.array(THREADS, float64)
+    t = tau[c]
+    acc = 0.0
+    for n in range(N):
+        r = n * C + c
+        for s in range(cuda.threadIdx.x, S, THREADS):
+            if z[r, s] > t:
+                dx[r, s] = dz[r, s]
+            else:
+                dx[r, s] = 0
+                acc += float64(dz[r, s])
+    total = _block_sum(shared, acc)
+    if cuda.threadIdx.x == 0:
+        dtau[c] = total
+
+
 def _rows(x):
     N, C, S = x.shape
     return x.reshape(N * C, S)
@@ -325,6 +356,24 @@ def column_grad_sums(dy, x, center, scale):
     args = (_rows(dy), _rows(x), center.reshape(-1), scale.reshape(-1), N, C, S, db, dw)
     _launch(_column_grad_sums, _grid(C * S), *args)
     return db, dw
+
+
+def tlu(x, tau):
+    """z = max(x, τ[c]) (see cpu.tlu)."""
+    N, C, S = x.shape
+    z = get_array_module(x).empty(x.shape, x.dtype)
+    _launch(_tlu, _spans(N * C, S), _rows(x), tau, C, S, _rows(z))
+    return z
+
+
+def tlu_backward(dz, z, tau):
+    """(dx, dτ (C,) float64): dx = dz where z > τ[c], else 0; dτ = Σ_(n, s) dz where z ≤ τ."""
+    xp = get_array_module(z)
+    N, C, S = z.shape
+    dx = xp.empty(z.shape, z.dtype)
+    dtau = xp.empty(C)  # no values (N·S = 0): the blocks write 0
+    _launch(_tlu_backward, (C,), _rows(dz), _rows(z), tau, N, C, S, _rows(dx), dtau)
+    return dx, dtau
 
 
 @cuda.jit(cache=True)

@@ -60,6 +60,7 @@ def compile_every_kernel(dtype) -> list[str]:
                             *stats, *flat)  # fmt: skip
     out = (*(np.ones(N * C) for _ in range(3)), np.ones((1, C // k)), channels, channels)
     kernels_cuda.coefficients(C, mean, m2, C, k, *flags, stats[1], 8, channels, True, *out)
+    kernels_cuda.tlu_backward(dy, kernels_cuda.tlu(x, channels), channels)
     images = rng.standard_normal((N, C, 6, 5)).astype(dtype)
     cols = np.empty((N, C, 3, 3, 6, 5), dtype)
     kernels_cuda.im2col(images, 3, 3, 1, 1, 1, 1, 6, 5, cols)

@@ -1145,3 +1145,42 @@ def test_transpose_is_a_contiguous_copy_of_the_transpose(rng, shape, dtype):
 def test_transpose_rejects_other_ranks():
     with pytest.raises(ValueError, match="2-d array, got shape"):
         kernels.transpose(np.zeros((2, 3, 4)))
+
+
+# FRN's thresholded linear unit ------------------------------------------------------------------
+
+
+def ref_tlu(dz, x, tau):
+    """z = max(x, τ[c]), dx = dz where x > τ[c], dτ = Σ dz where x ≤ τ[c], in NumPy."""
+    t = tau.reshape(1, -1, 1)
+    passed = x > t
+    return np.maximum(x, t), np.where(passed, dz, 0), np.where(passed, 0, dz).sum(axis=(0, 2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", [(3, 4, 37), (1, 1, 1), (2, 3, 0)])
+def test_cpu_tlu_matches_numpy(rng, shape, dtype):
+    x, dz = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    tau = rng.standard_normal(shape[1]).astype(dtype)
+    x[..., :1] = tau[:, None]  # ties: the gradient goes to τ
+    z, dx, dtau = ref_tlu(dz, x, tau)
+    np.testing.assert_array_equal(kernels.tlu(x, tau), z)
+    got_dx, got_dtau = kernels.tlu_backward(dz, z, tau)
+    np.testing.assert_array_equal(got_dx, dx)
+    np.testing.assert_allclose(got_dtau, dtau, rtol=1e-6, atol=1e-6)
+    assert got_dtau.dtype == np.float64
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", [(3, 2, 37), (2, 3, 1), (1, 1, 2 * gpu.THREADS + 5)])
+def test_cuda_tlu_matches_cpu(rng, shape, dtype):
+    """Rows longer and shorter than a block, a block per channel in the backward."""
+    x, dz = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    tau = rng.standard_normal(shape[1]).astype(dtype)
+    z = gpu.tlu(x, tau)
+    np.testing.assert_array_equal(z, kernels.tlu(x, tau))
+    dx, dtau = gpu.tlu_backward(dz, z, tau)
+    cpu_dx, cpu_dtau = kernels.tlu_backward(dz, z, tau)
+    np.testing.assert_array_equal(dx, cpu_dx)
+    np.testing.assert_allclose(dtau, cpu_dtau, rtol=1e-12, atol=1e-12)

@@ -56,6 +56,23 @@ def test_unary_ops(rng, name):
     assert tn.gradcheck(op, [x])
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 5), (3, 4), (1, 2, 3, 3)])
+def test_tlu_gradcheck_and_forward(rng, shape):
+    """max(y, τ) with τ per channel (FRN's TLU), against NumPy, gradients to y and τ."""
+    y, tau = t64(rng, *shape), t64(rng, shape[1])
+    z = tn.ops.tlu(y, tau)
+    expected = np.maximum(y.numpy(), tau.numpy().reshape((1, -1) + (1,) * (len(shape) - 2)))
+    np.testing.assert_array_equal(z.numpy(), expected)
+    assert tn.gradcheck(tn.ops.tlu, [y, tau])
+
+
+def test_tlu_sends_the_gradient_of_a_tie_to_the_threshold():
+    y = tn.tensor([[[0.5, -1.0, 0.0]]], requires_grad=True)
+    tau = tn.tensor([0.0], requires_grad=True)
+    tn.ops.tlu(y, tau).backward(tn.tensor([[[1.0, 2.0, 4.0]]]))
+    assert y.grad.tolist() == [[[1.0, 0.0, 0.0]]] and tau.grad.tolist() == [6.0]
+
+
 def test_sigmoid_does_not_overflow():
     y = F.sigmoid(tn.tensor([-1000.0, 0.0, 1000.0])).numpy()
     np.testing.assert_allclose(y, [0.0, 0.5, 1.0])

@@ -150,7 +150,7 @@ def filter_response_norm(layer, x, dy=None):
     if dy is None:
         return xp.maximum(y, tau).reshape(x.shape)
     dz = _rows(dy)
-    passes = y >= tau
+    passes = y > tau  # a tie y = τ sends the gradient to τ, as tinynorm's TLU
     dy3 = dz * passes
     g = dy3 * w
     grads = {

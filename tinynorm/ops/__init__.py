@@ -19,6 +19,7 @@ from .elementwise import (
     sqrt,
     sub,
     tanh,
+    tlu,
     to_device,
 )
 from .matmul import linear, matmul
@@ -90,5 +91,6 @@ __all__ = [
     "sum",
     "switchable_norm",
     "tanh",
+    "tlu",
     "to_device",
 ]

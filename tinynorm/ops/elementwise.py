@@ -144,6 +144,21 @@ class ReLU(Function):
         return kernels.relu_backward(grad, self.y)
 
 
+class ThresholdedLinearUnit(Function):
+    """z = max(y, τ) with a threshold per channel τ (C,) for y (N, C, ...) (FRN's TLU).
+    dy = dz where z > τ, dτ = Σ over (n, ...) of dz where z ≤ τ: both from z, so nothing more
+    is kept; a tie y = τ sends the gradient to τ."""
+
+    def forward(self, y, tau):
+        self.tau, self.dims = tau, y.shape[:2] + (-1,)
+        self.z = kernels.tlu(y.reshape(self.dims), tau)
+        return self.z.reshape(y.shape)
+
+    def backward(self, grad):
+        dy, dtau = kernels.tlu_backward(grad.reshape(self.dims), self.z, self.tau)
+        return dy.reshape(grad.shape), dtau.astype(self.tau.dtype, copy=False)
+
+
 def logistic(x):
     """σ(x) = 1 / (1 + e^-x) of an array, in the overflow-free form (tanh(x/2) + 1) / 2."""
     return 0.5 * (backend.get_array_module(x).tanh(0.5 * x) + 1)
@@ -235,6 +250,11 @@ def maximum(a, b) -> Tensor:
 
 def relu(x: Tensor) -> Tensor:
     return ReLU.apply(x)
+
+
+def tlu(y: Tensor, tau: Tensor) -> Tensor:
+    """max(y, τ) with τ (C,) a threshold per channel of y (N, C, ...)."""
+    return ThresholdedLinearUnit.apply(y, tau)
 
 
 def sigmoid(x: Tensor) -> Tensor:

@@ -312,9 +312,7 @@ def filter_response_norm(
     else:
         learned, eps = None, abs(eps)
     y = Normalize.apply(input, weight, bias, learned, dims=dims, statistic=statistic, eps=eps)
-    if tau is None:
-        return y
-    return elementwise.maximum(y, tau.reshape((1, dims[1]) + (1,) * (input.ndim - 2)))
+    return y if tau is None else elementwise.tlu(y, tau)
 
 
 def batch_instance_norm(
