@@ -352,6 +352,17 @@ def _optional(x, a):
     return a.reshape(-1), True
 
 
+def _renorm(x, renorm):
+    """Batch renorm's arguments of `statistics`: (flag, step (1,), warmup, r_steps, d_steps,
+    rmax, dmax, corrections (2, C)) from (corrections, step, warmup, r_steps, d_steps, rmax,
+    dmax); placeholders, never read, for None."""
+    if renorm is None:
+        xp = get_array_module(x)
+        return False, xp.empty(1, np.int64), 0.0, 0.0, 0.0, 1.0, 0.0, xp.empty((1, 1))
+    corrections, step, *schedule = renorm
+    return True, step.reshape(1), *(float(v) for v in schedule), corrections
+
+
 def normalize_runs(
     x,
     k: int,
@@ -365,6 +376,7 @@ def normalize_runs(
     across_batch=False,
     scaled=True,
     running=None,
+    renorm=None,
 ):
     """Normalization over runs of k consecutive rows (InstanceNorm: k = 1; GroupNorm: k = C/G;
     LayerNorm on its (N, 1, S) view: k = 1), a statistic per run of each sample, or of every
@@ -379,14 +391,21 @@ def normalize_runs(
     place by `momentum` towards c and m/(m-1)·σ². Returns y (x's shape and dtype), the centers c
     and rstd = ρ, (1 or N, C/k) in float64.
 
+    `renorm` = (corrections, step, warmup, r_steps, d_steps, rmax, dmax), batch renorm (k = 1
+    across the batch, `running` = (μ, σ, momentum)): y = γ·(r·x̂ + d) + β with r, d from the
+    moving μ, σ and the limits `formulas.renorm_limits`(step[0], ...) written into corrections
+    (2, C) float64; σ moves towards sqrt(σ²_B + eps). See `formulas.finalize_statistic`.
+
     On the CPU, per-sample statistics run fused (a run's moments and y while it is in cache);
     the rest, and everything on a GPU, is `normalize_runs_composed`: three launches."""
     x = _view(x)
-    if running is not None and not across_batch:
+    if (running is not None or renorm is not None) and not across_batch:
         raise ValueError("running estimates of per-sample statistics are not updated here")
+    if renorm is not None and (running is None or k != 1 or not centered or not scaled):
+        raise ValueError("batch renorm needs its moving mean and std, one channel a statistic")
     if is_cupy(x) or across_batch or not scaled:
         return normalize_runs_composed(
-            x, k, eps, gamma, beta, w, b, centered, across_batch, scaled, running
+            x, k, eps, gamma, beta, w, b, centered, across_batch, scaled, running, renorm
         )
     shape = (x.shape[0], _runs(x, k))
     y, mean, rstd = np.empty_like(x), np.empty(shape), np.empty(shape)
@@ -397,7 +416,18 @@ def normalize_runs(
 
 
 def combine_runs(
-    dy, x, k: int, mean, rstd, gamma=None, w=None, centered=True, *, across_batch=False, scaled=True
+    dy,
+    x,
+    k: int,
+    mean,
+    rstd,
+    gamma=None,
+    w=None,
+    centered=True,
+    *,
+    across_batch=False,
+    scaled=True,
+    corrections=None,
 ):
     """The backward of `normalize_runs` (its statistics differentiated): with g = gamma[c]·dy·w
     and ⟨·⟩ the mean over a statistic's m values, `formulas.dx_terms` and ρ, c as `mean`, `rstd`
@@ -409,15 +439,19 @@ def combine_runs(
 
     dy, x (N, C, S); gamma (C,) or None; w (C, S) or None. Returns dx (x's shape and dtype),
     dγ and dβ (C,) in gamma's dtype (x's without one), sum_gx (1 or N, C/k) float64. Fused on
-    the CPU for per-sample statistics; else `combine_runs_composed`."""
+    the CPU for per-sample statistics; else `combine_runs_composed`. `corrections`: batch
+    renorm's r, d (2, C) from `normalize_runs`, constants: g = r·gamma[c]·dy, dγ = Σ dy·x̃."""
     x, dy = _view(x), _view(dy)
     if is_cupy(x) or across_batch or not scaled:
-        return combine_runs_composed(dy, x, k, mean, rstd, gamma, w, centered, across_batch, scaled)
+        return combine_runs_composed(
+            dy, x, k, mean, rstd, gamma, w, centered, across_batch, scaled, corrections
+        )
     mean, rstd = _run_stats(x, k, False, mean, rstd)
     dx, sum_dy, sum_dyx = np.empty_like(x), np.empty(x.shape[:2]), np.empty(x.shape[:2])
     _cpu.combine_runs(dy, x, k, centered, mean, rstd, _channel(x, gamma, 1), _tables(x, w)[0],
                       dx, sum_dy, sum_dyx)  # fmt: skip
-    return dx, *_coefficients((sum_dy, sum_dyx), x, k, rstd, gamma, centered, False, True)[3:]
+    sums = (sum_dy, sum_dyx)
+    return dx, *_coefficients(sums, x, k, rstd, gamma, centered, False, True, None)[3:]
 
 
 def _parts(sums, x):
@@ -437,6 +471,7 @@ def normalize_runs_composed(
     across_batch=False,
     scaled=True,
     running=None,
+    renorm=None,
 ):
     """`normalize_runs` in three launches, on either array module: the rows' (chunks')
     moments, `statistics` (a statistic's pooled moments, ρ, the running estimates and its rows'
@@ -458,12 +493,23 @@ def normalize_runs_composed(
     running = (mean, var, float(momentum), has_mean, has_var)
     flags = (k, across_batch, centered, scaled, float(eps))
     outputs = (*stats, *(r.reshape(-1) for r in rows))
-    _impl(x).statistics(stats[0].size, *parts, chunk, S, C, *flags, *affine, *running, *outputs)
+    args = (*parts, chunk, S, C, *flags, *affine, *running, *_renorm(x, renorm), *outputs)
+    _impl(x).statistics(stats[0].size, *args)
     return normalize(x, *rows, w, b), *stats
 
 
 def combine_runs_composed(
-    dy, x, k: int, mean, rstd, gamma=None, w=None, centered=True, across_batch=False, scaled=True
+    dy,
+    x,
+    k: int,
+    mean,
+    rstd,
+    gamma=None,
+    w=None,
+    centered=True,
+    across_batch=False,
+    scaled=True,
+    corrections=None,
 ):
     """`combine_runs` in three launches, on either array module: the rows' (chunks') gradient
     sums, `coefficients` (dx's per-row coefficients, dγ, dβ: `formulas.finalize_gradient`),
@@ -477,7 +523,7 @@ def combine_runs_composed(
         center = _rows(np.repeat(mean, k, axis=1), x)
         parts = _cpu.row_grad_sums(dy, x, center, *_tables(x, w))
     alpha, beta, delta, *grads = _coefficients(
-        parts, x, k, rstd, gamma, centered, across_batch, scaled
+        parts, x, k, rstd, gamma, centered, across_batch, scaled, corrections
     )
     if is_cupy(x):
         dx = _impl(x).combine(dy, x, center, alpha, beta, delta, w)
@@ -486,10 +532,10 @@ def combine_runs_composed(
     return dx, *grads
 
 
-def _coefficients(parts, x, k, rstd, gamma, centered, across_batch, scaled):
+def _coefficients(parts, x, k, rstd, gamma, centered, across_batch, scaled, corrections):
     """`coefficients` for the rows' gradient sums `parts` ((N·C, J) each, or (N, C)): dx's
     per-row alpha, beta, delta (N·C,) float64, dγ and dβ (C,) in gamma's dtype (x's without
-    one), and sum_gx per statistic (`combine_runs`)."""
+    one), and sum_gx per statistic (`combine_runs`); batch renorm's r, d (2, C) or None."""
     xp = get_array_module(x)
     N, C, S = x.shape
     parts = tuple(a.reshape(N * C, -1) for a in parts)
@@ -498,7 +544,9 @@ def _coefficients(parts, x, k, rstd, gamma, centered, across_batch, scaled):
     m = (N if across_batch else 1) * k * S
     rows = tuple(xp.empty(N * C) for _ in range(3))
     grads = (xp.empty(rstd.shape), xp.empty(C, dtype), xp.empty(C, dtype))
-    flags = (C, k, across_batch, centered, scaled, rstd, m, g, has_gamma)
+    renorm = corrections is not None
+    corrections = corrections if renorm else xp.empty((1, 1))
+    flags = (C, k, across_batch, centered, scaled, rstd, m, g, has_gamma, renorm, corrections)
     _impl(x).coefficients(max(rstd.size, C), *parts, *flags, *rows, *grads)
     return (*rows, grads[1], grads[2], grads[0])
 

@@ -142,30 +142,31 @@ def _combine(dy, x, center, alpha, beta, delta, w, has_w, C, S, dx):
 @cuda.jit(cache=True)
 def _statistics(
     n, mean_p, m2_p, chunk, S, C, k, across, centered, scaled, eps, gamma, beta, has_gamma,
-    has_beta, run_mean, run_var, momentum, has_run_mean, has_run_var, stat_mean, stat_rstd,
-    center, scale, shift,
+    has_beta, run_mean, run_var, momentum, has_run_mean, has_run_var, renorm, step, warmup,
+    r_steps, d_steps, rmax, dmax, corrections, stat_mean, stat_rstd, center, scale, shift,
 ):  # fmt: skip
     """Thread i < n: `formulas.finalize_statistic` for statistic i (a kernel takes no *args)."""
     i = cuda.grid(1)
     if i < n:
         finalize_statistic(
             i, i + 1, mean_p, m2_p, chunk, S, C, k, across, centered, scaled, eps, gamma, beta,
-            has_gamma, has_beta, run_mean, run_var, momentum, has_run_mean, has_run_var,
-            stat_mean, stat_rstd, center, scale, shift,
+            has_gamma, has_beta, run_mean, run_var, momentum, has_run_mean, has_run_var, renorm,
+            step, warmup, r_steps, d_steps, rmax, dmax, corrections, stat_mean, stat_rstd,
+            center, scale, shift,
         )  # fmt: skip
 
 
 @cuda.jit(cache=True)
 def _coefficients(
-    n, g_p, gx_p, C, k, across, centered, scaled, rstd, m, gamma, has_gamma, alpha, beta, delta,
-    sum_gx, dgamma, dbeta,
+    n, g_p, gx_p, C, k, across, centered, scaled, rstd, m, gamma, has_gamma, renorm,
+    corrections, alpha, beta, delta, sum_gx, dgamma, dbeta,
 ):  # fmt: skip
     """Thread i < n: `formulas.finalize_gradient` for statistic and channel i."""
     i = cuda.grid(1)
     if i < n:
         finalize_gradient(
-            i, i + 1, g_p, gx_p, C, k, across, centered, scaled, rstd, m, gamma, has_gamma, alpha,
-            beta, delta, sum_gx, dgamma, dbeta,
+            i, i + 1, g_p, gx_p, C, k, across, centered, scaled, rstd, m, gamma, has_gamma,
+            renorm, corrections, alpha, beta, delta, sum_gx, dgamma, dbeta,
         )  # fmt: skip
 
 

@@ -48,10 +48,26 @@ def dx_terms(rho, mean_g, mean_gx, centered, scaled):
 
 
 @register_jitable
+def _ramp(step, start, end):
+    """0 before `start`, 1 from `end` on, linear in between (a step at `start` if end ≤ start)."""
+    if end <= start:
+        return 0.0 if step < start else 1.0
+    return min(max((step - start) / (end - start), 0.0), 1.0)
+
+
+@register_jitable
+def renorm_limits(step, warmup, r_steps, d_steps, rmax, dmax):
+    """Batch renorm's limits (rmax, dmax) after `step` training steps (Ioffe 2017's schedule):
+    (1, 0), plain batch norm, until `warmup`, then linearly to `rmax` at `r_steps` and to
+    `dmax` at `d_steps`; with all three 0, (rmax, dmax) from the start."""
+    return 1 + (rmax - 1) * _ramp(step, warmup, r_steps), dmax * _ramp(step, warmup, d_steps)
+
+
+@register_jitable
 def finalize_statistic(
     lo, hi, mean_p, m2_p, chunk, S, C, k, across, centered, scaled, eps, gamma, beta, has_gamma,
-    has_beta, run_mean, run_var, momentum, has_run_mean, has_run_var, stat_mean, stat_rstd,
-    center, scale, shift,
+    has_beta, run_mean, run_var, momentum, has_run_mean, has_run_var, renorm, step, warmup,
+    r_steps, d_steps, rmax, dmax, corrections, stat_mean, stat_rstd, center, scale, shift,
 ):  # fmt: skip
     """The small step between a normalization's reduction and its elementwise pass, for each
     statistic lo ≤ i < hi, i = p·G + g (G = C/k runs of k channels; p the sample, or 0 when
@@ -66,7 +82,12 @@ def finalize_statistic(
     ρ = 1/sqrt(σ² + eps) when `scaled` (else 1). γ, β (C,) where has_γ, has_β; run_mean,
     run_var (C,) where has_run_mean, has_run_var: each buffer moves by `momentum` towards c and
     the unbiased m/(m-1)·σ² (m values a statistic). Writes stat_mean, stat_rstd = c, ρ
-    (1 or N, G) in float64 and center, scale, shift (N·C,): c, ρ·γ[c], β[c]."""
+    (1 or N, G) in float64 and center, scale, shift (N·C,): c, ρ·γ[c], β[c].
+
+    `renorm` (batch renorm, k = 1 across the batch): run_var holds the moving σ, and before the
+    buffers move, r = clip(σ_B/σ, 1/rmax, rmax) and d = clip((c - μ)/σ, -dmax, dmax) with
+    σ_B = 1/ρ and the limits `renorm_limits`(step[0], ...) make the coefficients ρ·r·γ[c] and
+    d·γ[c] + β[c]; corrections (2, C) receives r, d; σ moves towards σ_B."""
     N, J = mean_p.shape[0] // C, mean_p.shape[1]
     G = C // k
     for i in range(lo, hi):
@@ -92,12 +113,21 @@ def finalize_statistic(
         stat_mean[p, g] = mean
         stat_rstd[p, g] = rho
         for c in range(g * k, g * k + k):
+            a = rho * gamma[c] if has_gamma else rho
+            b = beta[c] if has_beta else 0.0
+            if renorm:
+                r_limit, d_limit = renorm_limits(step[0], warmup, r_steps, d_steps, rmax, dmax)
+                r = min(max(1.0 / (rho * run_var[c]), 1.0 / r_limit), r_limit)
+                d = min(max((mean - run_mean[c]) / run_var[c], -d_limit), d_limit)
+                corrections[0, c] = r
+                corrections[1, c] = d
+                b += d * gamma[c] if has_gamma else d
+                a *= r
             if has_run_mean:
                 run_mean[c] = (1 - momentum) * run_mean[c] + momentum * mean
             if has_run_var:
-                run_var[c] = (1 - momentum) * run_var[c] + momentum * var * count / (count - 1)
-            a = rho * gamma[c] if has_gamma else rho
-            b = beta[c] if has_beta else 0.0
+                target = 1.0 / rho if renorm else var * count / (count - 1)
+                run_var[c] = (1 - momentum) * run_var[c] + momentum * target
             for n in range(n0, n1):
                 center[n * C + c] = mean
                 scale[n * C + c] = a
@@ -106,8 +136,8 @@ def finalize_statistic(
 
 @register_jitable
 def finalize_gradient(
-    lo, hi, g_p, gx_p, C, k, across, centered, scaled, rstd, m, gamma, has_gamma, alpha, beta,
-    delta, sum_gx, dgamma, dbeta,
+    lo, hi, g_p, gx_p, C, k, across, centered, scaled, rstd, m, gamma, has_gamma, renorm,
+    corrections, alpha, beta, delta, sum_gx, dgamma, dbeta,
 ):  # fmt: skip
     """The backward's step between its reduction and its elementwise pass (see
     `finalize_statistic`), for each lo ≤ i < hi, statistic i and channel i (either may be out of
@@ -118,7 +148,9 @@ def finalize_gradient(
     (m values, ρ = rstd (1 or N, G)), writes sum_gx (1 or N, G) and the rows' coefficients of
     dx = alpha·dy·w + beta·(x - c) + delta, (N·C,) float64: alpha = ρ·γ[c] and
     `dx_terms`(ρ, ⟨g⟩, ⟨gx⟩);
-    channel i: dγ = Σ_n ρ·Σ_s dy·(x - c), dβ = Σ_n Σ_s dy (stored in their arrays' dtype)."""
+    channel i: dγ = Σ_n ρ·Σ_s dy·(x - c), dβ = Σ_n Σ_s dy (stored in their arrays' dtype).
+    With `renorm`, x̃ = r·x̂ + d (corrections (2, C): r, d, constants): g is r[c] times the
+    above, alpha = ρ·r[c]·γ[c] and dγ = Σ_n (r·ρ·Σ_s dy·(x - c) + d·Σ_s dy)."""
     N, J = g_p.shape[0] // C, g_p.shape[1]
     G = C // k
     for i in range(lo, hi):
@@ -130,6 +162,8 @@ def finalize_gradient(
             for n in range(n0, n1):
                 for c in range(g * k, g * k + k):
                     w = gamma[c] if has_gamma else 1.0
+                    if renorm:
+                        w *= corrections[0, c]
                     for j in range(J):
                         sg += w * g_p[n * C + c, j]
                         sgx += w * gx_p[n * C + c, j]
@@ -138,7 +172,8 @@ def finalize_gradient(
             sum_gx[p, g] = sgx
             for n in range(n0, n1):
                 for c in range(g * k, g * k + k):
-                    alpha[n * C + c] = rho * gamma[c] if has_gamma else rho
+                    a = rho * gamma[c] if has_gamma else rho
+                    alpha[n * C + c] = a * corrections[0, c] if renorm else a
                     beta[n * C + c] = b
                     delta[n * C + c] = d
         if i < C:
@@ -149,5 +184,5 @@ def finalize_gradient(
                 for j in range(J):
                     dg += rho * gx_p[n * C + i, j]
                     db += g_p[n * C + i, j]
-            dgamma[i] = dg
+            dgamma[i] = dg * corrections[0, i] + db * corrections[1, i] if renorm else dg
             dbeta[i] = db

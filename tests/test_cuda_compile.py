@@ -56,10 +56,13 @@ def compile_every_kernel(dtype) -> list[str]:
     running = (channels, channels, 0.1, True, True)
     flat = tuple(np.ones(N * C, dtype) for _ in range(3))
     flags = (True, True, True)
+    corrections = np.ones((2, C))
+    renorm = (True, np.zeros(1, np.int64), 1.0, 2.0, 3.0, 3.0, 5.0, corrections)
     kernels_cuda.statistics(2, mean, m2, chunk, S, C, k, *flags, 1e-5, *affine, *running,
-                            *stats, *flat)  # fmt: skip
+                            *renorm, *stats, *flat)  # fmt: skip
     out = (*(np.ones(N * C) for _ in range(3)), np.ones((1, C // k)), channels, channels)
-    kernels_cuda.coefficients(C, mean, m2, C, k, *flags, stats[1], 8, channels, True, *out)
+    kernels_cuda.coefficients(C, mean, m2, C, k, *flags, stats[1], 8, channels, True, True,
+                              corrections, *out)  # fmt: skip
     kernels_cuda.tlu_backward(dy, kernels_cuda.tlu(x, channels), channels)
     images = rng.standard_normal((N, C, 6, 5)).astype(dtype)
     cols = np.empty((N, C, 3, 3, 6, 5), dtype)

@@ -599,6 +599,64 @@ def test_statistics_across_the_batch_match_numpy(rng, simulate_gpu, where, k, sc
         np.testing.assert_allclose(a, e, rtol=tol, atol=tol, err_msg=name)
 
 
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
+def test_batch_renorm_statistics_match_numpy(rng, simulate_gpu, where):
+    """normalize_runs / combine_runs with `renorm`: r, d from the moving μ, σ (some clipped,
+    some not) at limits midway through their schedule, y = γ·(r·x̂ + d) + β, dx with r, d
+    constant, dγ = Σ dy·x̃, and μ, σ moved towards μ_B, σ_B; float64 on the CPU, float32 on
+    the CUDA kernels (rows of two chunks)."""
+    dtype = np.float64 if where == "cpu" else np.float32
+    if where == "cuda":
+        if not CUDA_USABLE:
+            pytest.skip("no CUDA GPU and Numba's CUDA simulator is off")
+        simulate_gpu()
+    from tinynorm.kernels import cuda
+
+    N, C, S = 2, 4, cuda.CHUNK + 13 if where == "cuda" else 37
+    x = (2 * rng.standard_normal((N, C, S)) + 1.5).astype(dtype)
+    dy = rng.standard_normal((N, C, S)).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    mu = np.array([1.5, 9.0, -30.0, 1.4], np.float32)  # d clipped for channels 1 and 2
+    sigma = np.array([2.0, 0.2, 8.0, 1.9], np.float32)  # r clipped for channels 1 and 2
+    step = np.array(30)  # warm-up 10, rmax at 50 and dmax at 40: rmax 2, dmax 5·2/3
+    r_limit, d_limit = 2.0, 5 * 2 / 3
+    corrections = np.empty((2, C))
+    renorm = (corrections, step, 10, 50, 40, 3.0, 5.0)
+    running = (mu.copy(), sigma.copy(), 0.1)
+    y, mean, rstd = kernels.normalize_runs(
+        x, 1, EPS, gamma, beta, across_batch=True, running=running, renorm=renorm
+    )
+    dx, dgamma, dbeta, _ = kernels.combine_runs(
+        dy, x, 1, mean, rstd, gamma, across_batch=True, corrections=corrections
+    )
+
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    mean_b = x64.mean(axis=(0, 2))
+    std_b = np.sqrt(x64.var(axis=(0, 2)) + EPS)
+    r = np.clip(std_b / sigma, 1 / r_limit, r_limit)
+    d = np.clip((mean_b - mu) / sigma, -d_limit, d_limit)
+    assert (r == r_limit).any() and (r == 1 / r_limit).any() and (np.abs(d) == d_limit).sum() == 2
+    xhat = (x64 - mean_b[:, None]) / std_b[:, None]
+    xt = r[:, None] * xhat + d[:, None]
+    g = (r * gamma)[:, None] * dy64
+    g_mean = g.mean(axis=(0, 2))[:, None]
+    gx_mean = (g * xhat).mean(axis=(0, 2))[:, None]
+    expected = {
+        "corrections": np.stack([r, d]),
+        "y": gamma[:, None] * xt + beta[:, None],
+        "dx": (g - g_mean - xhat * gx_mean) / std_b[:, None],
+        "dγ": (dy64 * xt).sum(axis=(0, 2)),
+        "dβ": dy64.sum(axis=(0, 2)),
+        "μ": 0.9 * mu + 0.1 * mean_b,
+        "σ": 0.9 * sigma + 0.1 * std_b,
+    }
+    actual = {"corrections": corrections, "y": y, "dx": dx, "dγ": dgamma, "dβ": dbeta}
+    actual.update({"μ": running[0], "σ": running[1]})
+    for name, e in expected.items():
+        tol = 1e-10 if dtype == np.float64 and name not in "μσ" else 1e-4
+        np.testing.assert_allclose(actual[name], e, rtol=tol, atol=tol, err_msg=name)
+
+
 # numerical stability ---------------------------------------------------------------------------
 
 BIG = 2.0**24  # float32 values are 2 apart from here on: BIG + 1 is not a float32

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from ..backend import get_array_module
+from ..kernels.formulas import renorm_limits
 from ..ops.normalize import check_dtype
 from ..tensor import Tensor
 from .module import Module, Parameter
@@ -289,32 +289,16 @@ class _BatchRenorm(_Synced):
         self.warmup_steps, self.rmax_steps = total_steps // 8, total_steps
         self.dmax_steps = total_steps * 5 // 8
 
-    def _limits(self):
-        """(rmax, dmax) for the next training step, as 0-d float64 arrays computed where the
-        step counter lives: on a GPU, without reading it back to the host. Each limit ramps
-        linearly from its start value at `warmup_steps` to its end value at its own step."""
-        step = self.num_batches_tracked.data.astype(np.float64)
-        xp = get_array_module(step)
-
-        def ramp(end: int):  # 0 before the warm-up ends, 1 from `end` on, linear in between
-            start = self.warmup_steps
-            if end <= start:
-                return xp.where(step < start, 0.0, 1.0)
-            return xp.clip((step - start) / (end - start), 0.0, 1.0)
-
-        return 1 + (self.rmax - 1) * ramp(self.rmax_steps), self.dmax * ramp(self.dmax_steps)
-
     @property
     def current_limits(self) -> tuple[float, float]:
-        """(rmax, dmax) for the next training step."""
-        return tuple(float(limit) for limit in self._limits())
+        """(rmax, dmax) for the next training step (`kernels.formulas.renorm_limits`)."""
+        step = float(self.num_batches_tracked.data)
+        schedule = (self.warmup_steps, self.rmax_steps, self.dmax_steps, self.rmax, self.dmax)
+        return renorm_limits(step, *schedule)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        rmax, dmax = self._limits()
-        if self._is_step(x):
-            self.num_batches_tracked.data += 1
-        return ops.batch_renorm(
+        y = ops.batch_renorm(
             x,
             self.running_mean,
             self.running_std,
@@ -323,10 +307,17 @@ class _BatchRenorm(_Synced):
             self.training,
             self.momentum,
             self.eps,
-            rmax,
-            dmax,
+            self.rmax,
+            self.dmax,
+            step=self.num_batches_tracked.data,  # read by the statistics kernel, on its device
+            warmup_steps=self.warmup_steps,
+            rmax_steps=self.rmax_steps,
+            dmax_steps=self.dmax_steps,
             process_group=self._sync_group(),
         )
+        if self._is_step(x):
+            self.num_batches_tracked.data += 1
+        return y
 
     def extra_repr(self) -> str:
         return (

@@ -42,7 +42,7 @@ import numpy as np
 from .. import kernels
 from ..autograd import Function
 from ..backend import get_array_module
-from ..kernels.formulas import dx_terms, pool_moments
+from ..kernels.formulas import dx_terms, pool_moments, renorm_limits
 from ..tensor import Tensor
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the kernels take
@@ -153,6 +153,37 @@ class Running(NamedTuple):
         return self.mean.data, None if self.var is None else self.var.data, self.momentum
 
 
+class Renorm(NamedTuple):
+    """Batch renorm's state for one training step (Ioffe 2017): the moving μ and σ, (C,)
+    buffers moving at `momentum`, and the limits' schedule, `formulas.renorm_limits` after
+    `step` steps (an int64 array: the layer's step counter, read where it lives). From the
+    batch's μ_B, σ_B: r = clip(σ_B/σ, 1/rmax, rmax), d = clip((μ_B - μ)/σ, -dmax, dmax), then
+    μ, σ move towards μ_B, σ_B. `Normalize` hands it to the statistics kernel, which does all
+    of that; called as (μ_B, σ_B) -> (r, d), the same with array operations (the columns layout
+    and SyncBatchNorm; the step is read back to the host there)."""
+
+    mean: Tensor
+    std: Tensor
+    momentum: float
+    step: object
+    schedule: tuple[float, float, float, float, float]  # warmup, r_steps, d_steps, rmax, dmax
+
+    def __call__(self, mean_b, std_b):
+        xp = get_array_module(mean_b)
+        rmax, dmax = renorm_limits(float(self.step.reshape(-1)[0]), *self.schedule)
+        mean_b, std_b = mean_b[0], std_b[0]
+        mu, sigma = self.mean.data, self.std.data
+        r = xp.clip(std_b / sigma, 1 / rmax, rmax)
+        d = xp.clip((mean_b - mu) / sigma, -dmax, dmax)
+        blend(self.mean, mean_b, self.momentum)
+        blend(self.std, std_b, self.momentum)
+        return r, d
+
+    def arguments(self, corrections) -> tuple:
+        """`kernels.normalize_runs`' renorm: (corrections, step, *schedule)."""
+        return corrections, self.step, *self.schedule
+
+
 def per_channel(a, C: int):
     """A per-channel array (C,) as a (1, C) row; None stays None."""
     return None if a is None else a.reshape(1, C)
@@ -175,7 +206,7 @@ class Normalize(Function):
       group               a `distributed.ProcessGroup`: batch statistics over every rank's
                           batch (SyncBatchNorm), and the backward's sums over every rank's;
                           a rank may bring an empty batch (it joins the collectives)
-      renorm(c, σ) -> (r, d)   batch renorm's corrections from the batch statistics (1, C)
+      renorm              a `Renorm`: batch renorm's corrections r, d from the batch statistics
       elementwise=True    γ, β span (C, S) (LayerNorm, RMSNorm) instead of one value a channel
     """
 
@@ -194,7 +225,7 @@ class Normalize(Function):
         eps: float = 0.0,
         fixed=None,
         report: Callable | None = None,
-        renorm: Callable | None = None,
+        renorm: Renorm | None = None,
         elementwise: bool = False,
         group=None,
     ):
@@ -207,11 +238,16 @@ class Normalize(Function):
                 raise ValueError("a learned eps needs per-sample batch statistics")
             eps = eps + float(learned_eps.reshape(-1)[0])
         running = report.buffers() if isinstance(report, Running) else None
-        self.runs = self.batch and not (group or renorm or columns)
+        if renorm is not None:
+            running = renorm.mean.data, renorm.std.data, renorm.momentum
+        self.runs = self.batch and not (group or columns)
         self.runs &= report is None or (statistic.across_batch and running is not None)
-        self.group = group
+        self.group, self.corrections = group, None
         if self.runs:
-            return self._forward_runs(x.reshape(dims), eps, running).reshape(x.shape)
+            if renorm is not None:
+                self.corrections = get_array_module(x).empty((2, C))
+                renorm = renorm.arguments(self.corrections)
+            return self._forward_runs(x.reshape(dims), eps, running, renorm).reshape(x.shape)
         self.kernels = COLUMNS if columns else ROWS
         self.x = x.reshape(N, C) if columns else x.reshape(dims)
         self.dims = (1, C, N) if columns else dims
@@ -243,9 +279,9 @@ class Normalize(Function):
         y = self.kernels.normalize(self.x, mean.astype(x.dtype), scale, shift)
         return y.reshape(x.shape)
 
-    def _forward_runs(self, x3, eps: float, running):
-        """The statistics, the running estimates' update and y in three kernels (on the CPU,
-        per-sample statistics in one: `kernels.normalize_runs`)."""
+    def _forward_runs(self, x3, eps: float, running, renorm):
+        """The statistics, the running estimates' update (batch renorm's corrections) and y in
+        three kernels (on the CPU, per-sample statistics in one: `kernels.normalize_runs`)."""
         gamma, beta, tables = self.weight, self.bias, (None, None)
         if self.elementwise:
             gamma, beta, tables = None, None, affine_tables(x3.shape, self.weight, self.bias)
@@ -262,6 +298,7 @@ class Normalize(Function):
             across_batch=stat.across_batch,
             scaled=stat.scaled,
             running=running,
+            renorm=renorm,
         )
         return y
 
@@ -313,6 +350,7 @@ class Normalize(Function):
             stat.centered,
             across_batch=stat.across_batch,
             scaled=stat.scaled,
+            corrections=self.corrections,
         )
         d_eps = None
         if need_eps:  # dL/dε = Σ over the statistics of -½·ρ³·Σ dL/dx̂·(x - c)

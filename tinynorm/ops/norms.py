@@ -16,7 +16,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..tensor import Tensor
 from . import elementwise
-from .normalize import Normalize, Running, Statistic, blend, check_dtype, empty
+from .normalize import Normalize, Renorm, Running, Statistic, check_dtype, empty
 from .normalize_mixed import Component, SwitchableNormalize, mixed_normalize
 from .softmax import softmax
 
@@ -136,12 +136,19 @@ def batch_renorm(
     rmax: float = 1.0,
     dmax: float = 0.0,
     *,
+    step=None,
+    warmup_steps: int = 0,
+    rmax_steps: int = 0,
+    dmax_steps: int = 0,
     process_group=None,
 ) -> Tensor:
     """Batch renormalization (Ioffe 2017), per channel, with moving μ and σ:
     train: x̂ = (x - μ_B)/σ_B·r + d, σ_B = sqrt(σ²_B + ε), r = clip(σ_B/σ, 1/rmax, rmax),
     d = clip((μ_B - μ)/σ, -dmax, dmax), r and d constant in the backward pass; then
     μ += momentum·(μ_B - μ), σ += momentum·(σ_B - σ).  eval: x̂ = (x - μ)/σ.
+    The limits are rmax, dmax; or, given `step` (an int64 array, the steps done, read on its
+    device), they follow the paper's schedule (`kernels.formulas.renorm_limits`): (1, 0) until
+    `warmup_steps`, then linear to rmax at `rmax_steps` and dmax at `dmax_steps`.
     A `process_group` pools μ_B and σ_B over its ranks' batches, as in `batch_norm`."""
     estimates = {"running_mean": running_mean, "running_std": running_std}
     dims = channel_dims(input, "batch_renorm", weight=weight, bias=bias, **estimates)
@@ -153,17 +160,11 @@ def batch_renorm(
         fixed = (running_mean.data, 1.0 / running_std.data.astype(np.float64))
         return Normalize.apply(input, weight, bias, dims=dims, statistic=PER_CHANNEL, fixed=fixed)
     _check_training_batch(input, dims, synced)
-
-    def renorm(mean_b, std_b):
-        xp = get_array_module(mean_b)
-        mean_b, std_b = mean_b[0], std_b[0]
-        mu, sigma = running_mean.data, running_std.data
-        r = xp.clip(std_b / sigma, 1 / rmax, rmax)
-        d = xp.clip((mean_b - mu) / sigma, -dmax, dmax)
-        blend(running_mean, mean_b, momentum)
-        blend(running_std, std_b, momentum)
-        return r, d
-
+    if step is None:  # constant limits
+        step = get_array_module(input.data).zeros(1, np.int64)
+        warmup_steps = rmax_steps = dmax_steps = 0
+    schedule = (warmup_steps, rmax_steps, dmax_steps, rmax, dmax)
+    renorm = Renorm(running_mean, running_std, momentum, step, tuple(map(float, schedule)))
     return Normalize.apply(
         input,
         weight,
