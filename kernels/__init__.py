@@ -70,7 +70,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -151,7 +151,16 @@ PARALLEL = (
     "copy",
 )
 # nogil, on the caller's thread; `statistics`/`coefficients`: a loop over the statistics
-SERIAL = ("im2col", "col2im", "shifted_rows", "add_shifted_rows", "statistics", "coefficients")
+SERIAL = (
+    "im2col",
+    "col2im",
+    "shifted_rows",
+    "add_shifted_rows",
+    "statistics",
+    "coefficients",
+    "mixture_coefficients",
+    "mixture_gradient_coefficients",
+)
 # the CPU kernels as the dispatch below launches them
 _cpu = SimpleNamespace(
     **{name: _launcher(name, getattr(cpu, name), True) for name in PARALLEL},
@@ -549,6 +558,110 @@ def _coefficients(parts, x, k, rstd, gamma, centered, across_batch, scaled, corr
     flags = (C, k, across_batch, centered, scaled, rstd, m, g, has_gamma, renorm, corrections)
     _impl(x).coefficients(max(rstd.size, C), *parts, *flags, *rows, *grads)
     return (*rows, grads[1], grads[2], grads[0])
+
+
+class Mixture(NamedTuple):
+    """Which statistics a mixture of norms holds besides each row's own (IN) and how it weighs
+    them (`kernels.mixtures`): LN where `has_ln`, BN where `has_bn` (the running estimates
+    when `bn_fixed`); `switchable` mixes the statistics with softmax(λ), softmax(λ') of
+    `logits` = (λ, λ'), (3,) arrays; else the outputs with `weights` (w_in, w_ln, w_bn), or a
+    per-channel `gate` (C,) g, clipped to [0, 1] in place: w_bn = g, w_in = 1 - g."""
+
+    has_ln: bool = False
+    has_bn: bool = True
+    bn_fixed: bool = False
+    switchable: bool = False
+    weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    gate: Any = None
+    logits: tuple | None = None
+    size: Any = None  # an int64 buffer that receives N, the batch size (batch-layer norm)
+
+    def arguments(self, x) -> tuple:
+        """(switchable, mean_logits, var_logits, gate, has_gate, w_in, w_ln, w_bn)."""
+        gate, has_gate = _optional(x, self.gate)
+        if self.logits is None:
+            placeholder = get_array_module(x).empty(3, x.dtype)
+            logits = (placeholder, placeholder)
+        else:
+            logits = self.logits
+        weights = tuple(float(w) for w in self.weights)
+        return (self.switchable, *logits, gate, has_gate, *weights)
+
+
+def normalize_mixture(x, eps: float, gamma, beta, mixture: Mixture, running=None):
+    """A mixture of norms (`Mixture`, `kernels.mixtures`): y (x's shape and dtype) and the
+    statistics (2, N·C + N + C) float64 (means, biased variances: the rows', the samples', the
+    channels'), from the rows' moments, `mixture_statistics` (a slot per row, sample, channel:
+    pooling; the gate's clip; `running` = (mean, var, momentum): the BN running estimates moved,
+    or read when `bn_fixed`) and y per row from `mixture_row`: three launches on a GPU."""
+    x = _view(x)
+    xp = get_array_module(x)
+    N, C, S = x.shape
+    if is_cupy(x):
+        parts, chunk = _impl(x).moment_parts(x)
+    else:
+        parts, chunk = _parts(_cpu.row_moments(x), x)
+    stats = xp.empty((2, N * C + N + C))
+    mean, var, momentum = (None, None, 0.0) if running is None else running
+    (mean, has_running), (var, _) = _optional(x, mean), _optional(x, var)
+    switchable, mean_logits, var_logits, gate, has_gate, *weights = mixture.arguments(x)
+    statistics_args = (*parts, chunk, S, N, C, mixture.has_ln, mixture.has_bn, mixture.bn_fixed,
+                       mean, var, float(momentum), has_running and not mixture.bn_fixed, gate,
+                       has_gate, *_optional(x, mixture.size), stats)  # fmt: skip
+    (gamma, has_gamma), (beta, has_beta) = _optional(x, gamma), _optional(x, beta)
+    row_args = (float(eps), switchable, mean_logits, var_logits, *weights, gamma, has_gamma, beta,
+                has_beta)  # fmt: skip
+    n = N * C + N + C
+    if is_cupy(x):
+        return _impl(x).normalize_mixture(x, n, statistics_args, row_args), stats
+    rows = tuple(np.empty(N * C) for _ in range(3))
+    _cpu.mixture_coefficients(n, *statistics_args, *row_args, *rows)
+    center, scale, shift = (a.reshape(N, C) for a in rows)
+    y = _cpu.normalize(
+        x,
+        _rows(center, x),
+        _rows(scale, x),
+        _rows(shift, x),
+        *_tables(x, None, None),
+        np.empty_like(x),
+    )
+    return y, stats
+
+
+def combine_mixture(dy, x, stats, eps: float, gamma, mixture: Mixture):
+    """The backward of `normalize_mixture`: dx (x's shape and dtype), dγ, dβ (C,) in gamma's
+    dtype (x's without one), dg (C,) in the gate's dtype (None without one), and (dλ, dλ')
+    (2, 3) in the logits' dtype (None unless switchable): the rows' gradient sums around their
+    own means, `mixture_sums` (a slot per sample and channel), dx per row from
+    `mixture_row_gradient`: three launches on a GPU."""
+    x, dy = _view(x), _view(dy)
+    xp = get_array_module(x)
+    N, C, S = x.shape
+    center = stats[0, : N * C].reshape(N, C)
+    if is_cupy(x):
+        parts = _impl(x).grad_sum_parts(dy, x, center)
+    else:
+        center = _rows(center, x)
+        parts = tuple(
+            a.reshape(N * C, 1) for a in _cpu.row_grad_sums(dy, x, center, *_tables(x, None))
+        )
+    switchable, mean_logits, var_logits, gate, has_gate, *weights = mixture.arguments(x)
+    g, has_gamma = _optional(x, gamma)
+    dtype = g.dtype if has_gamma else x.dtype
+    dgamma, dbeta = xp.empty(C, dtype), xp.empty(C, dtype)
+    dgate = xp.empty(C, gate.dtype) if has_gate else gate
+    dlogits = xp.empty((2, 3), mean_logits.dtype)
+    args = (*parts, N, C, S, stats, float(eps), switchable, mean_logits, var_logits, gate,
+            has_gate, *weights, mixture.has_ln, mixture.has_bn, mixture.bn_fixed, g, has_gamma,
+            xp.empty((2, N + C)), dgamma, dbeta, dgate, dlogits)  # fmt: skip
+    if is_cupy(x):
+        dx = _impl(x).combine_mixture(dy, x, N + C, args)
+    else:
+        rows = tuple(np.empty(N * C) for _ in range(3))
+        _cpu.mixture_gradient_coefficients(N + C, *args, *rows)
+        alpha, beta, delta = (a.reshape(N, C) for a in rows)
+        dx = _cpu.combine(dy, x, center, alpha, beta, delta, *_tables(x, None), np.empty_like(x))
+    return dx, dgamma, dbeta, dgate if has_gate else None, dlogits if switchable else None
 
 
 def im2col(

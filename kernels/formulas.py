@@ -48,6 +48,27 @@ def dx_terms(rho, mean_g, mean_gx, centered, scaled):
 
 
 @register_jitable
+def pool_rows(mean_p, m2_p, chunk, S, C, n0, n1, c0, c1):
+    """(count, mean, M2) of rows n·C + c, n0 ≤ n < n1, c0 ≤ c < c1, from their chunks' moments
+    mean_p, m2_p (N·C, J) (J chunks of `chunk` values, the last S - (J-1)·chunk), pooled one
+    chunk at a time by Chan's update (`pool_moments`)."""
+    J = mean_p.shape[1]
+    count = 0.0
+    mean = 0.0
+    m2 = 0.0
+    for n in range(n0, n1):
+        for r in range(n * C + c0, n * C + c1):
+            for j in range(J):
+                size = chunk if j < J - 1 else S - (J - 1) * chunk
+                total = count + size
+                d = mean_p[r, j] - mean
+                mean += d * size / total
+                m2 += m2_p[r, j] + d * d * count * size / total
+                count = total
+    return count, mean, m2
+
+
+@register_jitable
 def _ramp(step, start, end):
     """0 before `start`, 1 from `end` on, linear in between (a step at `start` if end ≤ start)."""
     if end <= start:
@@ -88,23 +109,12 @@ def finalize_statistic(
     buffers move, r = clip(σ_B/σ, 1/rmax, rmax) and d = clip((c - μ)/σ, -dmax, dmax) with
     σ_B = 1/ρ and the limits `renorm_limits`(step[0], ...) make the coefficients ρ·r·γ[c] and
     d·γ[c] + β[c]; corrections (2, C) receives r, d; σ moves towards σ_B."""
-    N, J = mean_p.shape[0] // C, mean_p.shape[1]
+    N = mean_p.shape[0] // C
     G = C // k
     for i in range(lo, hi):
         p, g = i // G, i % G
         n0, n1 = (0, N) if across else (p, p + 1)
-        count = 0.0
-        mean = 0.0
-        m2 = 0.0
-        for n in range(n0, n1):
-            for r in range(n * C + g * k, n * C + g * k + k):
-                for j in range(J):
-                    size = chunk if j < J - 1 else S - (J - 1) * chunk
-                    total = count + size
-                    d = mean_p[r, j] - mean
-                    mean += d * size / total
-                    m2 += m2_p[r, j] + d * d * count * size / total
-                    count = total
+        count, mean, m2 = pool_rows(mean_p, m2_p, chunk, S, C, n0, n1, g * k, g * k + k)
         var = m2 / count
         if not centered:
             var += mean * mean

@@ -64,6 +64,13 @@ def compile_every_kernel(dtype) -> list[str]:
     kernels_cuda.coefficients(C, mean, m2, C, k, *flags, stats[1], 8, channels, True, True,
                               corrections, *out)  # fmt: skip
     kernels_cuda.tlu_backward(dy, kernels_cuda.tlu(x, channels), channels)
+    from tinynorm import kernels  # the mixtures through the dispatch layer, routed to CUDA
+
+    kernels.is_cupy, kernels._impl = (lambda a: True), (lambda a: kernels_cuda)
+    logits = (np.zeros(3, dtype), np.zeros(3, dtype))
+    mixture = kernels.Mixture(has_ln=True, switchable=True, gate=channels, logits=logits)
+    _, stats = kernels.normalize_mixture(x, 1e-5, channels, channels, mixture, running[:2] + (0.1,))
+    kernels.combine_mixture(dy, x, stats, 1e-5, channels, mixture)
     images = rng.standard_normal((N, C, 6, 5)).astype(dtype)
     cols = np.empty((N, C, 3, 3, 6, 5), dtype)
     kernels_cuda.im2col(images, 3, 3, 1, 1, 1, 1, 6, 5, cols)

@@ -657,6 +657,57 @@ def test_batch_renorm_statistics_match_numpy(rng, simulate_gpu, where):
         np.testing.assert_allclose(actual[name], e, rtol=tol, atol=tol, err_msg=name)
 
 
+def run_mixture(kind: str, x, dy, seed: int = 1):
+    """normalize_mixture and combine_mixture of a batch-instance ("bin": a gate, some outside
+    [0, 1]; in eval, its BN statistics the running estimates), batch-layer ("bln") or
+    switchable ("sn": logits) mixture in training, with running estimates: every output, and
+    the buffers and gate after the step."""
+    rng = np.random.default_rng(seed)
+    C = x.shape[1]
+    gamma, beta = rng.uniform(0.5, 1.5, C), rng.standard_normal(C)
+    running = (rng.uniform(-1, 1, C), rng.uniform(0.5, 2, C), 0.1)
+    gate = rng.uniform(-0.5, 1.5, C) if kind == "bin" else None
+    logits = tuple(rng.standard_normal(3) for _ in range(2)) if kind == "sn" else None
+    size = np.zeros((), np.int64) if kind == "bln" else None
+    mixture = kernels.Mixture(
+        has_ln=kind != "bin",
+        bn_fixed=kind == "bin",
+        switchable=kind == "sn",
+        weights=(0.0, 0.3, 0.6) if kind == "bln" else (0.0, 0.0, 0.0),
+        gate=gate,
+        logits=logits,
+        size=size,
+    )
+    y, stats = kernels.normalize_mixture(x, EPS, gamma, beta, mixture, running)
+    grads = kernels.combine_mixture(dy, x, stats, EPS, gamma, mixture)
+    extra = [a for a in (gate, size) if a is not None]
+    return [y, stats, *(g for g in grads if g is not None), *running[:2], *extra]
+
+
+@cuda_test
+@pytest.mark.parametrize(
+    ("kind", "shape"),
+    [("sn", (1, 32, 2)), *((kind, None) for kind in ("bin", "bln", "sn"))],
+    ids=["sn-slots", "bin-chunks", "bln-chunks", "sn-chunks"],
+)
+def test_cuda_mixtures_match_cpu(rng, simulate_gpu, kind, shape):
+    """The mixture kernels on the GPU path against the CPU's: more samples + channels than a
+    block has threads (the one-block `_mixture_sums` loops over its slots and sums the
+    switchable shares across threads), and rows of two chunks, the second short (pooled by
+    `_mixture_statistics`)."""
+    from tinynorm.kernels import cuda
+
+    shape = shape or (2, 2, cuda.CHUNK + 13)
+    x = 2 * rng.standard_normal(shape) + 1.5
+    dy = rng.standard_normal(shape)
+    on_cpu = run_mixture(kind, x, dy)
+    simulate_gpu()
+    on_gpu = run_mixture(kind, x, dy)
+    assert len(on_gpu) == len(on_cpu) >= 8
+    for actual, expected in zip(on_gpu, on_cpu):
+        np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+
+
 # numerical stability ---------------------------------------------------------------------------
 
 BIG = 2.0**24  # float32 values are 2 apart from here on: BIG + 1 is not a float32

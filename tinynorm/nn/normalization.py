@@ -493,8 +493,8 @@ class FilterResponseNorm2d(Module):
 class BatchInstanceNorm2d(_NormBase):
     """Batch-instance normalization (Nam & Kim 2018): y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β with a
     learned gate ρ per channel, initialized to 1 (pure batch norm) and kept in [0, 1] (clipped
-    before each forward). x̂_BN uses batch statistics in training, running estimates
-    in eval; x̂_IN always the sample's own."""
+    in place by each forward's statistics kernel). x̂_BN uses batch statistics in training,
+    running estimates in eval; x̂_IN always the sample's own."""
 
     ranks = (4,)
 
@@ -511,7 +511,6 @@ class BatchInstanceNorm2d(_NormBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        self.rho.data[...] = self.rho.data.clip(0, 1)
         factor = self._count_step(x)
         use_batch = self.training or self.running_mean is None
         return ops.batch_instance_norm(
@@ -608,10 +607,8 @@ class BatchLayerNorm(_NormBase):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         factor = self._count_step(x)
-        m = x.shape[0]
-        if self._is_step(x):
-            self.batch_size.data[...] = m
-        elif not self.training:  # the training batch size, read back once per eval call
+        m, step = x.shape[0], self._is_step(x)
+        if not self.training:  # the training batch size, read back once per eval call
             m = int(self.batch_size.data) or m
         fixed = not self.training and not self.eval_batch_stats
         return ops.batch_layer_norm(
@@ -624,4 +621,5 @@ class BatchLayerNorm(_NormBase):
             factor,
             self.eps,
             batch_size=m,
+            size_buffer=self.batch_size if step else None,  # the kernel records N there
         )

@@ -14,11 +14,11 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from ..kernels import Mixture
 from ..tensor import Tensor
 from . import elementwise
 from .normalize import Normalize, Renorm, Running, Statistic, check_dtype, empty
-from .normalize_mixed import Component, SwitchableNormalize, mixed_normalize
-from .softmax import softmax
+from .normalize_mixed import mixed_normalize
 
 PER_CHANNEL = Statistic(across_batch=True)  # batch norm: per channel over N and S
 PER_ROW = Statistic()  # instance norm: per sample and channel; layer norm on (N, 1, S)
@@ -327,30 +327,30 @@ def batch_instance_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Batch-instance norm (Nam & Kim 2018): y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β, ρ per channel;
-    x̂_BN uses batch statistics in training and the running estimates in eval."""
+    """Batch-instance norm (Nam & Kim 2018): y = (ρ·x̂_BN + (1 - ρ)·x̂_IN)·γ + β, ρ per channel,
+    clipped to [0, 1] in place first (as the layer keeps it); x̂_BN uses batch statistics in
+    training and the running estimates in eval."""
     estimates = {"running_mean": running_mean, "running_var": running_var}
     dims = channel_dims(
         input, "batch_instance_norm", rho=rho, weight=weight, bias=bias, **estimates
     )
     if input.numel() == 0:
         return empty(input, weight, bias, rho)
-    bn = _batch_component(input, dims, running_mean, running_var, training, momentum)
-    components = (bn, Component(PER_ROW))
+    mixture, running = _batch_part(input, dims, running_mean, running_var, training, momentum)
     return mixed_normalize(
-        input, weight, bias, (rho, 1 - rho), dims=dims, components=components, eps=eps
+        input, weight, bias, dims=dims, mixture=mixture, eps=eps, running=running, gate=rho
     )
 
 
-def _batch_component(input, dims, running_mean, running_var, training, momentum) -> Component:
-    """Batch norm's statistics in a mixture: the batch's in training (moving the running
-    estimates, when given), the running estimates in eval."""
+def _batch_part(input, dims, running_mean, running_var, training, momentum):
+    """A mixture's BN statistics, as (`kernels.Mixture`, running): the batch's in training
+    (moving the running estimates, when given, by `momentum`), the running estimates in eval."""
+    running = None if running_mean is None else (running_mean.data, running_var.data, momentum)
     if not training:
         _need_running("batch norm", running_mean, running_var)
-        return Component(PER_CHANNEL, fixed=(running_mean.data, running_var.data))
+        return Mixture(bn_fixed=True), running
     _check_training_batch(input, dims)
-    report = running_update(running_mean, running_var, momentum)
-    return Component(PER_CHANNEL, report=report)
+    return Mixture(), running
 
 
 def batch_layer_norm(
@@ -364,26 +364,25 @@ def batch_layer_norm(
     eps: float = 1e-3,
     batch_size: int | None = None,
     delta: float = 1e-4,
+    size_buffer: Tensor | None = None,
 ) -> Tensor:
     """Batch-layer norm (Ziaee & Çano 2022), see `tinynorm.nn.BatchLayerNorm`:
     y = γ·((1/m - δ)·x̂_LN + (1 - 1/m - δ)·x̂_BN)/sqrt(C) + β, m = `batch_size` (default N).
     As in `batch_norm`: batch statistics in training (updating the running estimates when
-    given), the running estimates otherwise."""
+    given), the running estimates otherwise. `size_buffer`, an int64 tensor, receives N (the
+    layer's record of its training batch size), written by the statistics kernel."""
     estimates = {"running_mean": running_mean, "running_var": running_var}
     dims = channel_dims(input, "batch_layer_norm", weight=weight, bias=bias, **estimates)
     if input.numel() == 0:
         return empty(input, weight, bias)
     N, C, _ = dims
-    xp = get_array_module(input.data)
-    bn = _batch_component(input, dims, running_mean, running_var, training, momentum)
-    components = (bn, Component(Statistic(channels=C)))
+    mixture, running = _batch_part(input, dims, running_mean, running_var, training, momentum)
     m = N if batch_size is None else batch_size
-    w_bn, w_ln = [
-        Tensor(xp.full(C, w / math.sqrt(C), input.dtype))
-        for w in (1 - 1 / m - delta, 1 / m - delta)
-    ]
+    weights = (0.0, (1 / m - delta) / math.sqrt(C), (1 - 1 / m - delta) / math.sqrt(C))
+    size = None if size_buffer is None else size_buffer.data
+    mixture = mixture._replace(has_ln=True, weights=weights, size=size)
     return mixed_normalize(
-        input, weight, bias, (w_bn, w_ln), dims=dims, components=components, eps=eps
+        input, weight, bias, dims=dims, mixture=mixture, eps=eps, running=running
     )
 
 
@@ -410,15 +409,15 @@ def switchable_norm(
         _check_training_batch(input, dims)
     if input.numel() == 0:
         return empty(input, weight, bias, mean_logits, var_logits)
-    bn = _batch_component(input, dims, running_mean, running_var, training, momentum)
-    components = (Component(PER_ROW), Component(Statistic(channels=dims[1])), bn)
-    return SwitchableNormalize.apply(
+    mixture, running = _batch_part(input, dims, running_mean, running_var, training, momentum)
+    mixture = mixture._replace(has_ln=True, switchable=True)
+    return mixed_normalize(
         input,
         weight,
         bias,
-        softmax(mean_logits, 0),
-        softmax(var_logits, 0),
         dims=dims,
-        components=components,
+        mixture=mixture,
         eps=eps,
+        running=running,
+        logits=(mean_logits, var_logits),
     )
