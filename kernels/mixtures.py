@@ -177,15 +177,11 @@ def mixture_sums(
                 s1 += d_var
                 dg += w0 * x
                 if channel:
-                    v_in, v_ln, v_bn = (
-                        stats[1, r],
-                        stats[1, N * C + r // C],
-                        stats[1, i - N + N * C + N],
-                    )
+                    v_ln, v_bn = stats[1, N * C + r // C], stats[1, N * C + i]  # c = i - N
                     da0 += d_mean * mu_in
                     da1 += d_mean * mu_ln
                     da2 += d_mean * mu_bn
-                    db0 += d_var * v_in
+                    db0 += d_var * stats[1, r]
                     db1 += d_var * v_ln
                     db2 += d_var * v_bn
             else:
@@ -207,23 +203,19 @@ def mixture_sums(
 
 
 @register_jitable
+def _softmax3_grad(logits, d0, d1, d2):
+    """dL/dλ through a = softmax(λ) of a (3,) array, from dL/da: a_j·(d_j - Σ_i a_i·d_i)."""
+    a0, a1, a2 = _softmax3(logits)
+    mean = a0 * d0 + a1 * d1 + a2 * d2
+    return a0 * (d0 - mean), a1 * (d1 - mean), a2 * (d2 - mean)
+
+
+@register_jitable
 def logit_grads(da0, da1, da2, db0, db1, db2, mean_logits, var_logits, dlogits):
-    """dL/dλ and dL/dλ' (dlogits (2, 3)) from dL/da, dL/db through a = softmax(λ), b =
-    softmax(λ'): dλ_j = a_j·(da_j - Σ_i a_i·da_i)."""
-    a0, a1, a2 = _softmax3(mean_logits)
-    mean = a0 * da0 + a1 * da1 + a2 * da2
-    dlogits[0, 0], dlogits[0, 1], dlogits[0, 2] = (
-        a0 * (da0 - mean),
-        a1 * (da1 - mean),
-        a2 * (da2 - mean),
-    )
-    b0, b1, b2 = _softmax3(var_logits)
-    mean = b0 * db0 + b1 * db1 + b2 * db2
-    dlogits[1, 0], dlogits[1, 1], dlogits[1, 2] = (
-        b0 * (db0 - mean),
-        b1 * (db1 - mean),
-        b2 * (db2 - mean),
-    )
+    """dL/dλ and dL/dλ' into dlogits (2, 3), from dL/da and dL/db (a = softmax(λ),
+    b = softmax(λ'))."""
+    dlogits[0, 0], dlogits[0, 1], dlogits[0, 2] = _softmax3_grad(mean_logits, da0, da1, da2)
+    dlogits[1, 0], dlogits[1, 1], dlogits[1, 2] = _softmax3_grad(var_logits, db0, db1, db2)
 
 
 @register_jitable
