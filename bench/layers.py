@@ -35,13 +35,24 @@ LAYERS = {
     "RMSNorm(C, H, W)": ("RMSNorm", ((32, 28, 28),), NCHW),
     "BatchNorm1d": ("BatchNorm1d", (1024,), (256, 1024)),
 }
+# tinynorm's layers without a PyTorch twin, for bench/versions.py (one version against another)
+OWN = {
+    name: (name, (32,), NCHW)
+    for name in (
+        "BatchRenorm2d",
+        "FilterResponseNorm2d",
+        "BatchInstanceNorm2d",
+        "SwitchableNorm2d",
+        "BatchLayerNorm",
+    )
+}
 
 
 def child(spec: dict) -> dict:
     """One layer's median forward + backward, in this process (NumPy imported first)."""
     import numpy as np
 
-    name, args, shape = LAYERS[spec["layer"]]
+    name, args, shape = {**LAYERS, **OWN}[spec["layer"]]
     shape = spec.get("shape", shape)  # another input shape (bench/versions.py's small ones)
     rng = np.random.default_rng(0)
     x, dy = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))

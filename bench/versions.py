@@ -61,10 +61,10 @@ def cases(args: argparse.Namespace, folder: Path) -> list[tuple[str, str, str, d
     """(bench, case, script, spec) for every measurement chosen."""
     out = []
     if args.layers:
-        for layer in layers.LAYERS:
+        for layer in [*layers.LAYERS, *layers.OWN]:
             spec = {"layer": layer, "framework": "tinynorm"}
             out.append(("layers", layer, layers.__file__, spec))
-        for layer, shape in SMALL:
+        for layer, shape in SMALL + [(name, SMALL[0][1]) for name in layers.OWN]:
             spec = {"layer": layer, "framework": "tinynorm", "shape": shape}
             out.append(("layers", f"{layer} {tuple(shape)}", layers.__file__, spec))
     if args.train:
