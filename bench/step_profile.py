@@ -20,7 +20,7 @@ OP_CATEGORY: dict[str, str] = {
     "Conv2d": "conv",
     "Normalize": "norm",
     "MixedNormalize": "norm",
-    "SwitchableNormalize": "norm",
+    "ThresholdedLinearUnit": "activation",  # FRN's TLU
     "WeightNorm": "norm",
     "Empty": "norm",  # a norm of an input without values
     "MaxPool2d": "pooling",

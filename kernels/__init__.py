@@ -27,6 +27,12 @@ BN); c is the statistic's mean, or 0 when not `centered` (then var = ⟨x²⟩):
     combine_runs(dy, x, k, mean, rstd, gamma, w, centered, across_batch, scaled)
                                             its backward: dx, dγ, dβ, Σ g·(x - c)
 
+(`renorm` / `corrections`: batch renorm's r, d, computed and used by the same kernels), and a
+mixture of IN, LN and BN statistics (`Mixture`, formulas in `mixtures.py`):
+
+    normalize_mixture(x, eps, gamma, beta, mixture, running)   y and every statistic
+    combine_mixture(dy, x, stats, eps, gamma, mixture)        dx, dγ, dβ, dgate, dlogits
+
 On the CPU per-sample statistics run fused, each run while it is in cache; the rest, and every
 statistic on a GPU, in three launches: a reduction (row_moments or row_grad_sums; on a GPU per
 chunk of a row), `statistics` or `coefficients` (the small step between: a statistic's pooled
@@ -590,10 +596,11 @@ class Mixture(NamedTuple):
 
 def normalize_mixture(x, eps: float, gamma, beta, mixture: Mixture, running=None):
     """A mixture of norms (`Mixture`, `kernels.mixtures`): y (x's shape and dtype) and the
-    statistics (2, N·C + N + C) float64 (means, biased variances: the rows', the samples', the
-    channels'), from the rows' moments, `mixture_statistics` (a slot per row, sample, channel:
+    statistics for the backward, (stats (3, N·C + N + C): means, biased variances and ρ of the
+    rows, the samples, the channels; mix (2, 3): switchable norm's weights), from the rows'
+    moments, `mixture_statistics` (a slot per row, sample, channel:
     pooling; the gate's clip; `running` = (mean, var, momentum): the BN running estimates moved,
-    or read when `bn_fixed`) and y per row from `mixture_row`: three launches on a GPU."""
+    or read when `bn_fixed`) and y per row from `mixture_rows`: three launches on a GPU."""
     x = _view(x)
     xp = get_array_module(x)
     N, C, S = x.shape
@@ -601,21 +608,21 @@ def normalize_mixture(x, eps: float, gamma, beta, mixture: Mixture, running=None
         parts, chunk = _impl(x).moment_parts(x)
     else:
         parts, chunk = _parts(_cpu.row_moments(x), x)
-    stats = xp.empty((2, N * C + N + C))
+    stats, mix = xp.empty((3, N * C + N + C)), xp.empty((2, 3))
     mean, var, momentum = (None, None, 0.0) if running is None else running
     (mean, has_running), (var, _) = _optional(x, mean), _optional(x, var)
     switchable, mean_logits, var_logits, gate, has_gate, *weights = mixture.arguments(x)
     statistics_args = (*parts, chunk, S, N, C, mixture.has_ln, mixture.has_bn, mixture.bn_fixed,
                        mean, var, float(momentum), has_running and not mixture.bn_fixed, gate,
-                       has_gate, *_optional(x, mixture.size), stats)  # fmt: skip
+                       has_gate, *_optional(x, mixture.size), float(eps), switchable, mean_logits,
+                       var_logits, mix, stats)  # fmt: skip
     (gamma, has_gamma), (beta, has_beta) = _optional(x, gamma), _optional(x, beta)
-    row_args = (float(eps), switchable, mean_logits, var_logits, *weights, gamma, has_gamma, beta,
-                has_beta)  # fmt: skip
+    row_args = (*weights, gamma, has_gamma, beta, has_beta)
     n = N * C + N + C
     if is_cupy(x):
-        return _impl(x).normalize_mixture(x, n, statistics_args, row_args), stats
-    rows = tuple(np.empty(N * C) for _ in range(3))
-    _cpu.mixture_coefficients(n, *statistics_args, *row_args, *rows)
+        return _impl(x).normalize_mixture(x, n, statistics_args, row_args), (stats, mix)
+    rows = np.empty((3, N * C))
+    _cpu.mixture_coefficients(n, *statistics_args, *row_args, rows)
     center, scale, shift = (a.reshape(N, C) for a in rows)
     y = _cpu.normalize(
         x,
@@ -625,18 +632,19 @@ def normalize_mixture(x, eps: float, gamma, beta, mixture: Mixture, running=None
         *_tables(x, None, None),
         np.empty_like(x),
     )
-    return y, stats
+    return y, (stats, mix)
 
 
-def combine_mixture(dy, x, stats, eps: float, gamma, mixture: Mixture):
+def combine_mixture(dy, x, statistics, eps: float, gamma, mixture: Mixture):
     """The backward of `normalize_mixture`: dx (x's shape and dtype), dγ, dβ (C,) in gamma's
     dtype (x's without one), dg (C,) in the gate's dtype (None without one), and (dλ, dλ')
     (2, 3) in the logits' dtype (None unless switchable): the rows' gradient sums around their
     own means, `mixture_sums` (a slot per sample and channel), dx per row from
-    `mixture_row_gradient`: three launches on a GPU."""
+    `mixture_row_gradients`: three launches on a GPU."""
     x, dy = _view(x), _view(dy)
     xp = get_array_module(x)
     N, C, S = x.shape
+    stats, mix = statistics
     center = stats[0, : N * C].reshape(N, C)
     if is_cupy(x):
         parts = _impl(x).grad_sum_parts(dy, x, center)
@@ -645,20 +653,20 @@ def combine_mixture(dy, x, stats, eps: float, gamma, mixture: Mixture):
         parts = tuple(
             a.reshape(N * C, 1) for a in _cpu.row_grad_sums(dy, x, center, *_tables(x, None))
         )
-    switchable, mean_logits, var_logits, gate, has_gate, *weights = mixture.arguments(x)
+    switchable, mean_logits, _, gate, has_gate, *weights = mixture.arguments(x)
     g, has_gamma = _optional(x, gamma)
     dtype = g.dtype if has_gamma else x.dtype
     dgamma, dbeta = xp.empty(C, dtype), xp.empty(C, dtype)
     dgate = xp.empty(C, gate.dtype) if has_gate else gate
     dlogits = xp.empty((2, 3), mean_logits.dtype)
-    args = (*parts, N, C, S, stats, float(eps), switchable, mean_logits, var_logits, gate,
-            has_gate, *weights, mixture.has_ln, mixture.has_bn, mixture.bn_fixed, g, has_gamma,
-            xp.empty((2, N + C)), dgamma, dbeta, dgate, dlogits)  # fmt: skip
+    args = (*parts, N, C, S, stats, float(eps), switchable, mix, gate, has_gate, *weights,
+            mixture.has_ln, mixture.has_bn, mixture.bn_fixed, g, has_gamma, xp.empty((2, N + C)),
+            dgamma, dbeta, dgate, dlogits)  # fmt: skip
     if is_cupy(x):
         dx = _impl(x).combine_mixture(dy, x, N + C, args)
     else:
-        rows = tuple(np.empty(N * C) for _ in range(3))
-        _cpu.mixture_gradient_coefficients(N + C, *args, *rows)
+        rows = np.empty((3, N * C))
+        _cpu.mixture_gradient_coefficients(N + C, *args, rows)
         alpha, beta, delta = (a.reshape(N, C) for a in rows)
         dx = _cpu.combine(dy, x, center, alpha, beta, delta, *_tables(x, None), np.empty_like(x))
     return dx, dgamma, dbeta, dgate if has_gate else None, dlogits if switchable else None

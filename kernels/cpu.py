@@ -41,8 +41,8 @@ from numba import njit, prange
 from .formulas import dx_terms, finalize_gradient, finalize_statistic
 from .mixtures import (
     logit_grads,
-    mixture_row,
-    mixture_row_gradient,
+    mixture_row_gradients,
+    mixture_rows,
     mixture_statistics,
     mixture_sums,
 )
@@ -257,40 +257,40 @@ def coefficients(n, *args):
 @njit(cache=True, error_model="numpy")
 def mixture_coefficients(
     n, mean_p, m2_p, chunk, S, N, C, has_ln, has_bn, bn_fixed, run_mean, run_var, momentum,
-    has_running, gate, has_gate, size, has_size, stats, eps, switchable, mean_logits,
-    var_logits, w_in, w_ln, w_bn, gamma, has_gamma, beta, has_beta, center, scale, shift,
+    has_running, gate, has_gate, size, has_size, eps, switchable, mean_logits, var_logits, mix,
+    stats, w_in, w_ln, w_bn, gamma, has_gamma, beta, has_beta, out,
 ):  # fmt: skip
     """`mixtures.mixture_statistics` for the n slots, then each row's center, scale and shift
-    (N·C,) by `mixtures.mixture_row`, in one call."""
+    into out (3, N·C) by `mixtures.mixture_rows`, in one call."""
     mixture_statistics(
         0, n, 1, mean_p, m2_p, chunk, S, N, C, has_ln, has_bn, bn_fixed, run_mean, run_var,
-        momentum, has_running, gate, has_gate, size, has_size, stats,
+        momentum, has_running, gate, has_gate, size, has_size, eps, switchable, mean_logits,
+        var_logits, mix, stats,
     )  # fmt: skip
-    for r in range(N * C):
-        center[r], scale[r], shift[r] = mixture_row(
-            r, N, C, stats, eps, switchable, mean_logits, var_logits, gate, has_gate, w_in, w_ln,
-            w_bn, has_ln, has_bn, gamma, has_gamma, beta, has_beta,
-        )  # fmt: skip
+    mixture_rows(
+        0, N * C, N, C, stats, eps, switchable, mix, gate, has_gate, w_in, w_ln, w_bn, has_ln,
+        has_bn, gamma, has_gamma, beta, has_beta, out,
+    )  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy")
 def mixture_gradient_coefficients(
-    n, g_p, gx_p, N, C, S, stats, eps, switchable, mean_logits, var_logits, gate, has_gate, w_in,
-    w_ln, w_bn, has_ln, has_bn, bn_fixed, gamma, has_gamma, sums, dgamma, dbeta, dgate, dlogits,
-    alpha, beta, delta,
+    n, g_p, gx_p, N, C, S, stats, eps, switchable, mix, gate, has_gate, w_in, w_ln, w_bn, has_ln,
+    has_bn, bn_fixed, gamma, has_gamma, sums, dgamma, dbeta, dgate, dlogits, out,
 ):  # fmt: skip
     """`mixtures.mixture_sums` for the n slots (switchable: then `logit_grads` into dlogits),
-    then each row's alpha, beta, delta (N·C,) by `mixtures.mixture_row_gradient`, in one call."""
-    da = mixture_sums(0, n, 1, g_p, gx_p, N, C, stats, eps, switchable, mean_logits, var_logits,
-                      gate, has_gate, w_in, w_ln, w_bn, has_ln, has_bn, gamma, has_gamma, sums,
-                      dgamma, dbeta, dgate)  # fmt: skip
+    then each row's alpha, beta, delta into out (3, N·C) by `mixtures.mixture_row_gradients`,
+    in one call."""
+    da = mixture_sums(
+        0, n, 1, g_p, gx_p, N, C, stats, eps, switchable, mix, gate, has_gate, w_in, w_ln, w_bn,
+        has_ln, has_bn, gamma, has_gamma, sums, dgamma, dbeta, dgate,
+    )  # fmt: skip
     if switchable:
-        logit_grads(da[0], da[1], da[2], da[3], da[4], da[5], mean_logits, var_logits, dlogits)
-    for r in range(N * C):
-        alpha[r], beta[r], delta[r] = mixture_row_gradient(
-            r, g_p, gx_p, N, C, S, stats, eps, switchable, mean_logits, var_logits, gate,
-            has_gate, w_in, w_ln, w_bn, has_ln, has_bn, bn_fixed, gamma, has_gamma, sums,
-        )  # fmt: skip
+        logit_grads(da[0], da[1], da[2], da[3], da[4], da[5], mix, dlogits)
+    mixture_row_gradients(
+        0, N * C, g_p, gx_p, N, C, S, stats, eps, switchable, mix, gate, has_gate, w_in, w_ln,
+        w_bn, has_ln, has_bn, bn_fixed, gamma, has_gamma, sums, out,
+    )  # fmt: skip
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS)

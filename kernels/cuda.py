@@ -23,7 +23,11 @@ at once and write each row's coefficients, so that a norm layer is three launche
 (`moment_parts`, `statistics`, `normalize`; `grad_sum_parts`, `coefficients`, `combine`,
 whose center may be the per-statistic (P, G) array: `_center`). The row kernels' elementwise passes
 (`_normalize`, `_combine`) run on the same 2-d grid, a block per (row, span of THREADS values),
-looping when the spans outnumber MAX_GRID_Y: no division per value. The other elementwise
+looping when the spans outnumber MAX_GRID_Y: no division per value. The mixtures take the
+same shape: stage 1, `_mixture_statistics` (a thread per row, sample and channel) or
+`_mixture_sums` (one block: it sums switchable norm's weight gradients over every row), and
+`_mixture_normalize` / `_mixture_combine`, whose thread 0 computes the block's row
+coefficients (`mixtures.py`). The other elementwise
 kernels use one thread per value, consecutive threads on consecutive addresses (coalesced).
 """
 
@@ -38,8 +42,8 @@ from . import get_array_module  # CuPy on a GPU, NumPy under the simulator
 from .formulas import finalize_gradient, finalize_statistic, pool_moments
 from .mixtures import (
     logit_grads,
-    mixture_row,
-    mixture_row_gradient,
+    mixture_row_gradients,
+    mixture_rows,
     mixture_statistics,
     mixture_sums,
 )
@@ -229,50 +233,51 @@ def _tlu_backward(dz, z, tau, N, C, S, dx, dtau):
 @cuda.jit(cache=True)
 def _mixture_statistics(
     n, mean_p, m2_p, chunk, S, N, C, has_ln, has_bn, bn_fixed, run_mean, run_var, momentum,
-    has_running, gate, has_gate, size, has_size, stats,
+    has_running, gate, has_gate, size, has_size, eps, switchable, mean_logits, var_logits, mix,
+    stats,
 ):  # fmt: skip
     """Thread i < n: `mixtures.mixture_statistics` for slot i (a row, a sample, a channel)."""
     i = cuda.grid(1)
     if i < n:
         mixture_statistics(
             i, i + 1, 1, mean_p, m2_p, chunk, S, N, C, has_ln, has_bn, bn_fixed, run_mean,
-            run_var, momentum, has_running, gate, has_gate, size, has_size, stats,
+            run_var, momentum, has_running, gate, has_gate, size, has_size, eps, switchable,
+            mean_logits, var_logits, mix, stats,
         )  # fmt: skip
 
 
 @cuda.jit(cache=True)
 def _mixture_normalize(
-    x, N, C, S, stats, eps, switchable, mean_logits, var_logits, gate, has_gate, w_in, w_ln, w_bn,
-    has_ln, has_bn, gamma, has_gamma, beta, has_beta, y,
+    x, N, C, S, stats, eps, switchable, mix, gate, has_gate, w_in, w_ln, w_bn, has_ln, has_bn,
+    gamma, has_gamma, beta, has_beta, y,
 ):  # fmt: skip
     """Block (row r, span j): y = (x - center)·scale + shift with the row's coefficients from
-    `mixtures.mixture_row` (thread 0 computes them for the block, in shared memory)."""
+    `mixtures.mixture_rows` (thread 0 computes them for the block, in shared memory)."""
     r = cuda.blockIdx.x
-    row = cuda.shared.array(3, float64)
+    row = cuda.shared.array((3, 1), float64)
     if cuda.threadIdx.x == 0:
-        row[0], row[1], row[2] = mixture_row(
-            r, N, C, stats, eps, switchable, mean_logits, var_logits, gate, has_gate, w_in, w_ln,
-            w_bn, has_ln, has_bn, gamma, has_gamma, beta, has_beta,
+        mixture_rows(
+            r, r + 1, N, C, stats, eps, switchable, mix, gate, has_gate, w_in, w_ln, w_bn, has_ln,
+            has_bn, gamma, has_gamma, beta, has_beta, row,
         )  # fmt: skip
     cuda.syncthreads()
-    m, a, d = row[0], row[1], row[2]
+    m, a, d = row[0, 0], row[1, 0], row[2, 0]
     for s in range(cuda.blockIdx.y * THREADS + cuda.threadIdx.x, S, cuda.gridDim.y * THREADS):
         y[r, s] = (x[r, s] - m) * a + d
 
 
 @cuda.jit(cache=True)
 def _mixture_sums(
-    n, g_p, gx_p, N, C, stats, eps, switchable, mean_logits, var_logits, gate, has_gate, w_in,
-    w_ln, w_bn, has_ln, has_bn, gamma, has_gamma, sums, dgamma, dbeta, dgate, dlogits,
+    n, g_p, gx_p, N, C, stats, eps, switchable, mix, gate, has_gate, w_in, w_ln, w_bn, has_ln,
+    has_bn, gamma, has_gamma, sums, dgamma, dbeta, dgate, dlogits,
 ):  # fmt: skip
     """One block: thread t takes the slots t, t + THREADS, … of `mixtures.mixture_sums`; when
     switchable, the block sums the six dL/da, dL/db shares and thread 0 writes dλ, dλ' (no
     atomics, no second launch)."""
     shared = cuda.shared.array(THREADS, float64)
     da0, da1, da2, db0, db1, db2 = mixture_sums(
-        cuda.threadIdx.x, n, THREADS, g_p, gx_p, N, C, stats, eps, switchable, mean_logits,
-        var_logits, gate, has_gate, w_in, w_ln, w_bn, has_ln, has_bn, gamma, has_gamma, sums,
-        dgamma, dbeta, dgate,
+        cuda.threadIdx.x, n, THREADS, g_p, gx_p, N, C, stats, eps, switchable, mix, gate,
+        has_gate, w_in, w_ln, w_bn, has_ln, has_bn, gamma, has_gamma, sums, dgamma, dbeta, dgate,
     )  # fmt: skip
     if switchable:
         da0 = _block_sum(shared, da0)
@@ -282,25 +287,25 @@ def _mixture_sums(
         db1 = _block_sum(shared, db1)
         db2 = _block_sum(shared, db2)
         if cuda.threadIdx.x == 0:
-            logit_grads(da0, da1, da2, db0, db1, db2, mean_logits, var_logits, dlogits)
+            logit_grads(da0, da1, da2, db0, db1, db2, mix, dlogits)
 
 
 @cuda.jit(cache=True)
 def _mixture_combine(
-    dy, x, g_p, gx_p, N, C, S, stats, eps, switchable, mean_logits, var_logits, gate, has_gate,
-    w_in, w_ln, w_bn, has_ln, has_bn, bn_fixed, gamma, has_gamma, sums, dx,
+    dy, x, g_p, gx_p, N, C, S, stats, eps, switchable, mix, gate, has_gate, w_in, w_ln, w_bn,
+    has_ln, has_bn, bn_fixed, gamma, has_gamma, sums, dx,
 ):  # fmt: skip
     """Block (row r, span j): dx = alpha·dy + beta·(x - μ_in) + delta with the row's
-    coefficients from `mixtures.mixture_row_gradient` (thread 0's, in shared memory)."""
+    coefficients from `mixtures.mixture_row_gradients` (thread 0's, in shared memory)."""
     r = cuda.blockIdx.x
-    row = cuda.shared.array(3, float64)
+    row = cuda.shared.array((3, 1), float64)
     if cuda.threadIdx.x == 0:
-        row[0], row[1], row[2] = mixture_row_gradient(
-            r, g_p, gx_p, N, C, S, stats, eps, switchable, mean_logits, var_logits, gate,
-            has_gate, w_in, w_ln, w_bn, has_ln, has_bn, bn_fixed, gamma, has_gamma, sums,
+        mixture_row_gradients(
+            r, r + 1, g_p, gx_p, N, C, S, stats, eps, switchable, mix, gate, has_gate, w_in, w_ln,
+            w_bn, has_ln, has_bn, bn_fixed, gamma, has_gamma, sums, row,
         )  # fmt: skip
     cuda.syncthreads()
-    a, bt, d, m = row[0], row[1], row[2], stats[0, r]
+    a, bt, d, m = row[0, 0], row[1, 0], row[2, 0], stats[0, r]
     for s in range(cuda.blockIdx.y * THREADS + cuda.threadIdx.x, S, cuda.gridDim.y * THREADS):
         dx[r, s] = a * dy[r, s] + bt * (x[r, s] - m) + d
 
@@ -447,28 +452,33 @@ def column_grad_sums(dy, x, center, scale):
 
 def normalize_mixture(x, n, statistics_args, row_args):
     """y of a mixture (see `kernels.normalize_mixture`) in two launches after the moments:
-    `_mixture_statistics` (a thread per slot), `_mixture_normalize`. statistics_args: (mean_p
-    … stats) of `mixtures.mixture_statistics`; row_args: (eps, switchable, mean_logits,
-    var_logits, w_in, w_ln, w_bn, gamma, has_gamma, beta, has_beta)."""
+    `_mixture_statistics` (a thread per slot), `_mixture_normalize`. statistics_args: those of
+    `mixtures.mixture_statistics` from mean_p on; row_args: (w_in, w_ln, w_bn, gamma,
+    has_gamma, beta, has_beta)."""
     N, C, S = x.shape
     _launch(_mixture_statistics, _grid(n), n, *statistics_args)
-    *_, has_ln, has_bn, _, _, _, _, _, gate, has_gate, _, _, stats = statistics_args
-    eps, switchable, mean_logits, var_logits, w_in, w_ln, w_bn, *affine = row_args
+    (*_, has_ln, has_bn, _, _, _, _, _, gate, has_gate, _, _, eps, switchable, _, _, mix,
+     stats) = statistics_args  # fmt: skip
     y = get_array_module(x).empty(x.shape, x.dtype)
-    args = (N, C, S, stats, eps, switchable, mean_logits, var_logits, gate, has_gate, w_in, w_ln,
-            w_bn, has_ln, has_bn, *affine, _rows(y))  # fmt: skip
+    args = (N, C, S, stats, eps, switchable, mix, gate, has_gate, *row_args[:3], has_ln, has_bn,
+            *row_args[3:], _rows(y))  # fmt: skip
     _launch(_mixture_normalize, _spans(N * C, S), _rows(x), *args)
     return y
 
 
 def combine_mixture(dy, x, n, args):
     """dx of a mixture (see `kernels.combine_mixture`) in two launches after the gradient sums:
-    `_mixture_sums` (one block), `_mixture_combine`. args: those of `mixtures.mixture_sums`
-    from g_p on, then dlogits."""
+    `_mixture_sums` (one block), `_mixture_combine`. args: those of
+    `cpu.mixture_gradient_coefficients` from g_p to dlogits."""
     N, C, S = x.shape
-    _launch(_mixture_sums, (1,), n, *args[:2], *args[2:4], *args[5:17], *args[18:])
+    (g_p, gx_p, N, C, S, stats, eps, switchable, mix, gate, has_gate, w_in, w_ln, w_bn, has_ln,
+     has_bn, bn_fixed, gamma, has_gamma, sums, dgamma, dbeta, dgate, dlogits) = args  # fmt: skip
+    row = (stats, eps, switchable, mix, gate, has_gate, w_in, w_ln, w_bn, has_ln, has_bn)
+    outputs = (sums, dgamma, dbeta, dgate, dlogits)
+    _launch(_mixture_sums, (1,), n, g_p, gx_p, N, C, *row, gamma, has_gamma, *outputs)
     dx = get_array_module(x).empty(x.shape, x.dtype)
-    _launch(_mixture_combine, _spans(N * C, S), _rows(dy), _rows(x), *args[:21], _rows(dx))
+    args = (g_p, gx_p, N, C, S, *row, bn_fixed, gamma, has_gamma, sums, _rows(dx))
+    _launch(_mixture_combine, _spans(N * C, S), _rows(dy), _rows(x), *args)
     return dx
 
 

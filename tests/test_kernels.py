@@ -678,9 +678,9 @@ def run_mixture(kind: str, x, dy, seed: int = 1):
         logits=logits,
         size=size,
     )
-    y, stats = kernels.normalize_mixture(x, EPS, gamma, beta, mixture, running)
-    grads = kernels.combine_mixture(dy, x, stats, EPS, gamma, mixture)
-    extra = [a for a in (gate, size) if a is not None]
+    y, (stats, mix) = kernels.normalize_mixture(x, EPS, gamma, beta, mixture, running)
+    grads = kernels.combine_mixture(dy, x, (stats, mix), EPS, gamma, mixture)
+    extra = [a for a in (gate, size, mix if kind == "sn" else None) if a is not None]
     return [y, stats, *(g for g in grads if g is not None), *running[:2], *extra]
 
 

@@ -25,8 +25,11 @@ One formula, three layouts of the kernels:
               fused per run on the CPU, else three kernels each way
     columns   per-channel statistics of an input with S = 1, such as (N, C): the column kernels
               read the channels as the columns of (N, C), no transpose
-    rows      the rest (batch renorm, SyncBatchNorm, running estimates of per-sample
-              statistics, fixed statistics): row kernels with per-row coefficients
+    rows      the rest (SyncBatchNorm, running estimates of per-sample statistics, fixed
+              statistics): row kernels with per-row coefficients
+
+Batch renorm takes the runs layout too (a `Renorm`: its r, d in the statistics kernel), but
+the columns layout and SyncBatchNorm's rows compute them with array operations.
 
 `Empty` is every norm's answer to an input without values (N = 0 or an empty spatial dim), as
 in PyTorch: an empty output, zero gradients for the parameters, no statistics.

@@ -55,12 +55,12 @@ class MixedNormalize(Function):
         self.mixture = mixture._replace(gate=gate, logits=logits)
         self.x3, self.shape, self.eps, self.weight = x.reshape(dims), x.shape, eps, weight
         self.params = (weight, bias, gate, mean_logits, var_logits)
-        y, self.stats = kernels.normalize_mixture(self.x3, eps, weight, bias, self.mixture, running)
+        y, self.saved = kernels.normalize_mixture(self.x3, eps, weight, bias, self.mixture, running)
         return y.reshape(x.shape)
 
     def backward(self, grad):
         dx, dgamma, dbeta, dgate, dlogits = kernels.combine_mixture(
-            grad.reshape(self.x3.shape), self.x3, self.stats, self.eps, self.weight, self.mixture
+            grad.reshape(self.x3.shape), self.x3, self.saved, self.eps, self.weight, self.mixture
         )
         dmean, dvar = (None, None) if dlogits is None else dlogits
         grads = (dgamma, dbeta, dgate, dmean, dvar)
