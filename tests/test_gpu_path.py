@@ -50,3 +50,27 @@ def test_training_step_on_the_cuda_kernels_matches_cpu(rng, simulate_gpu, kind):
     assert len(on_gpu) == len(on_cpu) > 2
     for actual, expected in zip(on_gpu, on_cpu):
         np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer", ["BatchNorm1d", "BatchRenorm1d"])
+def test_an_n_by_c_batch_norm_on_the_cuda_kernels_matches_cpu(rng, simulate_gpu, layer):
+    """(N, C) inputs: the CPU's column kernels against the runs layout a GPU takes (batch
+    renorm with its limits in force from the first step)."""
+    x, g = rng.standard_normal((5, 3)) * 2 + 1, rng.standard_normal((5, 3))
+
+    def step() -> list[np.ndarray]:
+        kwargs = {"warmup_steps": 0, "rmax_steps": 0, "dmax_steps": 0} if "Renorm" in layer else {}
+        norm = getattr(nn, layer)(3, **kwargs).double()
+        t = tn.tensor(x, requires_grad=True)
+        y = norm(t)
+        y.backward(tn.tensor(g))
+        return [y.numpy(), t.grad.numpy(), norm.weight.grad.numpy(), norm.bias.grad.numpy()] + [
+            b.numpy() for b in norm.buffers() if b.dtype.kind == "f"
+        ]
+
+    on_cpu = step()
+    launched = simulate_gpu()
+    on_gpu = step()
+    assert launched and len(on_gpu) == len(on_cpu) == 6
+    for actual, expected in zip(on_gpu, on_cpu):
+        np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)

@@ -23,8 +23,8 @@ One formula, three layouts of the kernels:
               RMSNorm, FRN) or of every sample (BN, mean-only BN, their running estimates
               moved by the kernel: `Running`): `kernels.normalize_runs` / `combine_runs`,
               fused per run on the CPU, else three kernels each way
-    columns   per-channel statistics of an input with S = 1, such as (N, C): the column kernels
-              read the channels as the columns of (N, C), no transpose
+    columns   per-channel statistics of an input with S = 1, such as (N, C), on the CPU: the
+              column kernels read the channels as the columns of (N, C), no transpose
     rows      the rest (SyncBatchNorm, running estimates of per-sample statistics, fixed
               statistics): row kernels with per-row coefficients
 
@@ -235,7 +235,8 @@ class Normalize(Function):
         N, C, S = dims
         self.statistic, self.shape, self.batch = statistic, x.shape, fixed is None
         self.weight, self.bias, self.elementwise = weight, bias, elementwise
-        columns = statistic.across_batch and S == 1  # row c of dims (1, C, N) is column c
+        # row c of dims (1, C, N) is column c: the CPU's column kernels; a GPU takes the runs
+        columns = statistic.across_batch and S == 1 and not kernels.is_cupy(x)
         if learned_eps is not None:
             if statistic.across_batch or report is not None or group:
                 raise ValueError("a learned eps needs per-sample batch statistics")
