@@ -48,8 +48,9 @@ from .mixtures import (
     mixture_sums,
 )
 
-# threads per block (a power of two); the simulator runs each thread in Python, so it gets fewer
-THREADS = 32 if config.ENABLE_CUDASIM else 128
+# threads per block (a power of two); the simulator runs each thread in Python (a few ms a
+# block-thread), so it gets fewer: 16 keeps the CI's simulator tests within its time
+THREADS = 16 if config.ENABLE_CUDASIM else 128
 CHUNK = 8 * THREADS  # values of one row reduced by one block
 MAX_GRID_Y = 65_535  # blocks along a grid's y (and z) axis: CUDA's limit
 

@@ -110,7 +110,7 @@ def test_outputs_are_filled_for_a_non_contiguous_input(rng):
     np.testing.assert_allclose(dx, expected, rtol=1e-12)
 
 
-HARDWARE = {"THREADS": 128, "CHUNK": 1024}  # what a GPU runs; the simulator defaults to 32/256
+HARDWARE = {"THREADS": 128, "CHUNK": 1024}  # what a GPU runs; the simulator defaults to 16/128
 
 
 @pytest.mark.skipif(not config.ENABLE_CUDASIM, reason="block sizes are compiled in on a GPU")

@@ -437,7 +437,7 @@ cuda_case_param = pytest.mark.parametrize(("shape", "dtype"), CUDA_CASES)
 
 # (shape, chunk): several blocks per row with a partial last chunk; a chunk smaller than a
 # block (idle threads); a chunk that divides S exactly
-CHUNKED = [((1, 2, 200), 64), ((1, 1, 50), 16), ((2, 1, 128), 64)]
+CHUNKED = [((1, 2, 200), 64), ((1, 1, 50), gpu.THREADS // 2), ((2, 1, 128), 64)]
 chunked_param = pytest.mark.parametrize(("shape", "chunk"), CHUNKED, ids=str)
 
 
@@ -612,7 +612,7 @@ def test_batch_renorm_statistics_match_numpy(rng, simulate_gpu, where):
         simulate_gpu()
     from tinynorm.kernels import cuda
 
-    N, C, S = 2, 4, cuda.CHUNK + 13 if where == "cuda" else 37
+    N, C, S = (1, 4, cuda.CHUNK + 13) if where == "cuda" else (2, 4, 37)
     x = (2 * rng.standard_normal((N, C, S)) + 1.5).astype(dtype)
     dy = rng.standard_normal((N, C, S)).astype(dtype)
     gamma, beta = rng.uniform(0.5, 1.5, C).astype(dtype), rng.standard_normal(C).astype(dtype)
@@ -687,7 +687,7 @@ def run_mixture(kind: str, x, dy, seed: int = 1):
 @cuda_test
 @pytest.mark.parametrize(
     ("kind", "shape"),
-    [("sn", (1, 32, 2)), *((kind, None) for kind in ("bin", "bln", "sn"))],
+    [("sn", (1, gpu.THREADS + 4, 2)), *((kind, None) for kind in ("bin", "bln", "sn"))],
     ids=["sn-slots", "bin-chunks", "bln-chunks", "sn-chunks"],
 )
 def test_cuda_mixtures_match_cpu(rng, simulate_gpu, kind, shape):
@@ -697,7 +697,7 @@ def test_cuda_mixtures_match_cpu(rng, simulate_gpu, kind, shape):
     `_mixture_statistics`)."""
     from tinynorm.kernels import cuda
 
-    shape = shape or (2, 2, cuda.CHUNK + 13)
+    shape = shape or (1, 2, cuda.CHUNK + 13)
     x = 2 * rng.standard_normal(shape) + 1.5
     dy = rng.standard_normal(shape)
     on_cpu = run_mixture(kind, x, dy)
